@@ -1,0 +1,228 @@
+"""apt with a private state: reach any Debian suite without touching the host.
+
+The mirror is read from the host's own apt configuration (one-line ``.list``
+and deb822 ``.sources`` files), so no archive host name is written anywhere in
+vmprobe; ``VMPROBE_DEBIAN_MIRROR`` / ``VMPROBE_DEBIAN_SECURITY_MIRROR`` (or the
+config file) override it. apt keeps verifying the Release signature and the
+package checksums; we only give it its own sources list, lists and cache dirs.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import cache
+from ..config import settings
+from ..errors import ConfigError, FetchError
+
+DEFAULT_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+APT_TIMEOUT = 600
+
+_DEBIAN_CODENAMES = {"buster", "bullseye", "bookworm", "trixie", "forky", "duke", "sid",
+                     "unstable", "testing", "stable", "oldstable", "experimental"}
+
+
+@dataclass(frozen=True)
+class SourceEntry:
+    uri: str
+    suites: tuple[str, ...]
+    signed_by: str | None = None
+
+
+@dataclass(frozen=True)
+class Mirrors:
+    debian: str
+    security: str | None
+    keyring: str
+
+
+def parse_one_line(text: str) -> list[SourceEntry]:
+    """``deb [opts] URI suite comp…`` lines (``deb-src`` and comments skipped)."""
+    entries = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line.startswith("deb "):
+            continue
+        rest = line[4:].strip()
+        signed_by = None
+        if rest.startswith("["):
+            opts, _, rest = rest[1:].partition("]")
+            for opt in opts.split():
+                key, _, value = opt.partition("=")
+                if key == "signed-by":
+                    signed_by = value
+        fields = rest.split()
+        if len(fields) >= 2:
+            entries.append(SourceEntry(fields[0], (fields[1],), signed_by))
+    return entries
+
+
+def parse_deb822(text: str) -> list[SourceEntry]:
+    """deb822 ``.sources`` stanzas with ``Types: deb``."""
+    entries = []
+    for stanza in re.split(r"\n\s*\n", text):
+        fields: dict[str, str] = {}
+        key = None
+        for line in stanza.splitlines():
+            if line.startswith("#") or not line.strip():
+                continue
+            if line[0] in " \t" and key:
+                fields[key] += " " + line.strip()
+                continue
+            key, _, value = line.partition(":")
+            key = key.strip().lower()
+            fields[key] = value.strip()
+        if "deb" not in fields.get("types", "").split():
+            continue
+        if fields.get("enabled", "yes").lower() == "no":
+            continue
+        signed_by = fields.get("signed-by")
+        if signed_by and not signed_by.startswith("/"):
+            signed_by = None  # an inline key block: fall back to the keyring
+        for uri in fields.get("uris", "").split():
+            entries.append(SourceEntry(uri, tuple(fields.get("suites", "").split()), signed_by))
+    return entries
+
+
+def host_source_entries(etc: Path = Path("/etc/apt")) -> list[SourceEntry]:
+    entries: list[SourceEntry] = []
+    main = etc / "sources.list"
+    if main.is_file():
+        entries += parse_one_line(main.read_text(errors="replace"))
+    parts = etc / "sources.list.d"
+    if parts.is_dir():
+        for path in sorted(parts.iterdir()):
+            if path.suffix == ".list":
+                entries += parse_one_line(path.read_text(errors="replace"))
+            elif path.suffix == ".sources":
+                entries += parse_deb822(path.read_text(errors="replace"))
+    return entries
+
+
+def pick_mirrors(entries: list[SourceEntry]) -> tuple[SourceEntry | None, SourceEntry | None]:
+    """The host's Debian archive entry and its security entry, if any."""
+    debian = security = None
+    for entry in entries:
+        for suite in entry.suites:
+            base = suite.split("/")[0].split("-")[0]
+            if base not in _DEBIAN_CODENAMES:
+                continue
+            if suite.endswith("-security") or suite.endswith("/updates"):
+                security = security or entry
+            else:
+                debian = debian or entry
+    return debian, security
+
+
+def mirrors(etc: Path = Path("/etc/apt")) -> Mirrors:
+    """Mirrors from settings overrides, else from the host's apt configuration."""
+    cfg = settings()
+    debian_entry, security_entry = pick_mirrors(host_source_entries(etc))
+    debian = cfg.debian_mirror or (debian_entry.uri if debian_entry else None)
+    if not debian:
+        raise ConfigError(
+            f"no Debian archive found in the host's apt configuration ({etc}/sources.list, "
+            f"{etc}/sources.list.d/); set VMPROBE_DEBIAN_MIRROR to a Debian mirror URL")
+    security = cfg.debian_security_mirror or (security_entry.uri if security_entry else None)
+    keyring = (debian_entry.signed_by if debian_entry and debian_entry.signed_by else DEFAULT_KEYRING)
+    return Mirrors(debian.rstrip("/"), security.rstrip("/") if security else None, keyring)
+
+
+class PrivateApt:
+    """An apt state of our own for one architecture and one set of suites."""
+
+    def __init__(self, root: Path, arch: str, sources: list[tuple[str, str]], keyring: str,
+                 check_valid_until: bool = True):
+        self.root = root
+        self.arch = arch
+        self.sources = sources
+        self.keyring = keyring
+        self.check_valid_until = check_valid_until
+        for sub in ("lists/partial", "cache/archives/partial", "parts", "prefs"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        self.status = root / "status"
+        self.status.touch()
+        self.sources_list = root / "sources.list"
+
+    def _sources_text(self) -> str:
+        return "".join(f"deb [signed-by={self.keyring}] {uri} {suite} main\n"
+                       for uri, suite in self.sources)
+
+    def options(self) -> list[str]:
+        r = self.root
+        opts = {
+            "Dir::Etc::sourcelist": self.sources_list,
+            "Dir::Etc::sourceparts": r / "parts",
+            "Dir::Etc::preferences": r / "prefs" / "none",
+            "Dir::Etc::preferencesparts": r / "prefs",
+            "Dir::State::Lists": r / "lists",
+            "Dir::State::status": self.status,
+            "Dir::Cache": r / "cache",
+            "APT::Architecture": self.arch,
+            "APT::Architectures": self.arch,
+            "APT::Sandbox::User": "root",
+            "Acquire::Languages": "none",
+            "Acquire::Retries": "3",
+            "Acquire::Check-Valid-Until": "true" if self.check_valid_until else "false",
+        }
+        out = []
+        for key, value in opts.items():
+            out += ["-o", f"{key}={value}"]
+        return out
+
+    def run(self, tool: str, *args: str, cwd: Path | None = None, timeout: float = APT_TIMEOUT) -> str:
+        cmd = [tool, *self.options(), *args]
+        env = dict(os.environ, LC_ALL="C", DEBIAN_FRONTEND="noninteractive")
+        try:
+            proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
+                                  timeout=timeout, stdin=subprocess.DEVNULL)
+        except FileNotFoundError:
+            raise ConfigError(f"{tool} not found: vmprobe fetches Debian kernels with apt") from None
+        except subprocess.TimeoutExpired:
+            raise FetchError(f"{tool} {' '.join(args)} did not finish in {timeout:.0f}s") from None
+        if proc.returncode != 0:
+            raise FetchError(f"{tool} {' '.join(args)} failed (exit {proc.returncode})",
+                             detail=(proc.stderr or proc.stdout)[-3000:])
+        return proc.stdout
+
+    def update(self, max_age_hours: float) -> None:
+        """Refresh the package lists when stale or when the sources changed."""
+        stamp = self.root / "updated"
+        text = self._sources_text()
+        fresh = (stamp.exists() and self.sources_list.exists()
+                 and self.sources_list.read_text() == text
+                 and time.time() - stamp.stat().st_mtime < max_age_hours * 3600)
+        if fresh:
+            return
+        with cache.locked(self.root / "state"):
+            self.sources_list.write_text(text)
+            out = self.run("apt-get", "update")
+            if re.search(r"^(W|E): .*(NO_PUBKEY|not signed|Release.*expired)", out, re.M):
+                raise FetchError("apt refused the archive's signature", detail=out[-2000:])
+            stamp.touch()
+
+    def show(self, package: str) -> list[dict[str, str]]:
+        """All versions of a package as dicts of control fields (newest first)."""
+        try:
+            out = self.run("apt-cache", "show", package)
+        except FetchError:
+            return []
+        stanzas = []
+        for block in out.split("\n\n"):
+            fields: dict[str, str] = {}
+            for line in block.splitlines():
+                if line and not line[0].isspace() and ":" in line:
+                    k, _, v = line.partition(":")
+                    fields[k] = v.strip()
+            if fields.get("Package"):
+                stanzas.append(fields)
+        from .debversion import sort_key
+        return sorted(stanzas, key=lambda f: sort_key(f["Version"]), reverse=True)
+
+    def download(self, packages: list[str], dest: Path) -> None:
+        """``apt-get download name=version…`` into dest (apt checks each hash)."""
+        self.run("apt-get", "download", *packages, cwd=dest)

@@ -1,0 +1,77 @@
+"""The kernel catalog: data files under the top-level ``kernels/`` directory."""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from ..config import CATALOG_DIR
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Flavour:
+    name: str
+    arch: str  # Debian architecture: amd64, i386, arm64
+
+
+@dataclass(frozen=True)
+class Packages:
+    meta: str
+    image: str
+    headers: tuple[str, ...]
+    kbuild: str
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    series: str
+    suites: tuple[str, ...]
+    security_suites: tuple[str, ...]
+    default_flavour: str
+    cc: str
+    packages: Packages
+    flavours: dict[str, Flavour] = field(default_factory=dict)
+    check_valid_until: bool = True
+
+    def names(self, flavour: str, abi: str) -> dict[str, str]:
+        """Template values for package names."""
+        return {"abi": abi, "flavour": flavour, "series": self.series}
+
+
+@dataclass(frozen=True)
+class Catalog:
+    suites: dict[str, Suite]
+
+
+def _suite(name: str, raw: dict, source: Path) -> Suite:
+    try:
+        pk = raw["packages"]
+        return Suite(
+            name=name,
+            series=raw["series"],
+            suites=tuple(raw["suites"]),
+            security_suites=tuple(raw.get("security_suites", ())),
+            default_flavour=raw["default_flavour"],
+            cc=raw["cc"],
+            packages=Packages(pk["meta"], pk["image"], tuple(pk["headers"]), pk["kbuild"]),
+            flavours={fl: Flavour(fl, v["arch"]) for fl, v in raw["flavours"].items()},
+            check_valid_until=raw.get("check_valid_until", True),
+        )
+    except KeyError as exc:
+        raise ConfigError(f"catalog {source}: suite {name!r} lacks key {exc}") from None
+
+
+@lru_cache(maxsize=4)
+def load_catalog(directory: Path = CATALOG_DIR) -> Catalog:
+    suites: dict[str, Suite] = {}
+    for path in sorted(directory.glob("*.toml")):
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+        for name, raw in data.items():
+            suites[name] = _suite(name, raw, path)
+    if not suites:
+        raise ConfigError(f"no kernel catalog found under {directory}")
+    return Catalog(suites)

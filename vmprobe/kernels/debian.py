@@ -1,0 +1,185 @@
+"""Debian kernels: resolve a spec in the archive, download, verify, extract, cache."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from .. import cache
+from ..config import cache_dir, settings
+from ..errors import FetchError
+from .apt import PrivateApt, mirrors
+from .catalog import Catalog, Suite
+from .debversion import sort_key
+from .kernel import Kernel
+from .spec import KernelSpec
+
+
+class DebianProvider:
+    def __init__(self, catalog: Catalog):
+        self.catalog = catalog
+
+    # -- archive -------------------------------------------------------------
+    def apt(self, suite: Suite, arch: str) -> PrivateApt:
+        m = mirrors()
+        sources = [(m.debian, s) for s in suite.suites]
+        if m.security:
+            sources += [(m.security, s) for s in suite.security_suites]
+        return PrivateApt(cache_dir("apt", f"{suite.name}-{arch}"), arch, sources, m.keyring,
+                          check_valid_until=suite.check_valid_until)
+
+    def _newest(self, apt: PrivateApt, package: str, version: str | None = None) -> dict:
+        stanzas = apt.show(package)
+        if version:
+            stanzas = [s for s in stanzas if s["Version"] == version]
+        if not stanzas:
+            want = f"{package}={version}" if version else package
+            raise FetchError(f"package {want} is not in the archive ({', '.join(s for _, s in apt.sources)})")
+        return stanzas[0]
+
+    def available_abis(self, apt: PrivateApt, suite: Suite, flavour: str) -> list[str]:
+        out = apt.run("apt-cache", "pkgnames", f"linux-image-{suite.series}")
+        abis = {m[1] for m in re.finditer(rf"^linux-image-(\S+?)-{re.escape(flavour)}(?:-unsigned)?$", out, re.M)}
+        return sorted(abis, key=sort_key)
+
+    def resolve(self, spec: KernelSpec, apt: PrivateApt) -> tuple[str, dict]:
+        """(abi, image package stanza) for a spec."""
+        suite = self.catalog.suites[spec.suite]
+        abi = spec.abi
+        if abi is None:
+            meta = self._newest(apt, suite.packages.meta.format(**suite.names(spec.flavour, "")))
+            m = re.search(rf"linux-image-(\S+?)-{re.escape(spec.flavour)}\b", meta.get("Depends", ""))
+            if not m:
+                raise FetchError(f"cannot tell the current ABI of {spec}: {meta['Package']} "
+                                 f"depends on {meta.get('Depends')!r}")
+            abi = m[1]
+        image_pkg = suite.packages.image.format(**suite.names(spec.flavour, abi))
+        if not apt.show(image_pkg):
+            known = self.available_abis(apt, suite, spec.flavour)
+            raise FetchError(f"kernel ABI {abi} ({image_pkg}) is not in the archive for "
+                             f"debian:{suite.name}/{spec.flavour}; available: {', '.join(known) or 'none'}")
+        return abi, self._newest(apt, image_pkg)
+
+    # -- cache ---------------------------------------------------------------
+    @staticmethod
+    def entry_dir(spec: KernelSpec, abi: str, version: str) -> Path:
+        return cache_dir("kernels") / f"debian-{spec.suite}-{spec.flavour}-{abi}-{version}"
+
+    @staticmethod
+    def cached_entries(spec: KernelSpec) -> list[Path]:
+        pattern = f"debian-{spec.suite}-{spec.flavour}-{spec.abi or '*'}-*"
+        found = [p for p in cache_dir("kernels").glob(pattern)
+                 if p.is_dir() and (p / "kernel.json").exists()]
+        return sorted(found, key=lambda p: sort_key(p.name.rsplit("-", 2)[-2] + "-" + p.name.rsplit("-", 1)[-1]))
+
+    def fetch(self, spec: KernelSpec, *, refresh: bool = False, log=None) -> Kernel:
+        log = log or (lambda msg: print(msg, file=sys.stderr))
+        suite = self.catalog.suites[spec.suite]
+        arch = suite.flavours[spec.flavour].arch
+        apt = self.apt(suite, arch)
+        try:
+            apt.update(0 if refresh else settings().apt_refresh_hours)
+        except FetchError as exc:
+            cached = self.cached_entries(spec)
+            if not cached:
+                raise
+            log(f"vmprobe: warning: archive unreachable ({exc.message}); using cached {cached[-1].name}")
+            return Kernel.load(cached[-1])
+        abi, image = self.resolve(spec, apt)
+        entry = self.entry_dir(spec, abi, image["Version"])
+        if (entry / "kernel.json").exists():
+            try:
+                return Kernel.load(entry)
+            except FetchError as exc:
+                log(f"vmprobe: {exc.message}; fetching it again")
+        with cache.locked(entry):
+            if (entry / "kernel.json").exists():
+                try:
+                    return Kernel.load(entry)
+                except FetchError:
+                    pass
+            log(f"vmprobe: fetching {spec.provider}:{spec.suite}/{spec.flavour}@{abi} "
+                f"({image['Version']}) from {', '.join(sorted({u for u, _ in apt.sources}))}")
+            with cache.staging(entry) as tmp:
+                self._download_and_extract(spec, suite, abi, image, apt, tmp)
+        return Kernel.load(entry)
+
+    def _download_and_extract(self, spec: KernelSpec, suite: Suite, abi: str, image: dict,
+                              apt: PrivateApt, tmp: Path) -> None:
+        version = image["Version"]
+        names = suite.names(spec.flavour, abi)
+        wanted = [image] + [self._newest(apt, h.format(**names), version) for h in suite.packages.headers]
+        wanted.append(self._newest(apt, suite.packages.kbuild.format(**names), version))
+        debs = tmp / "debs"
+        debs.mkdir()
+        apt.download([f"{s['Package']}={s['Version']}" for s in wanted], debs)
+        root = tmp / "root"
+        root.mkdir()
+        packages = []
+        for stanza in wanted:
+            files = list(debs.glob(f"{stanza['Package']}_*.deb"))
+            if len(files) != 1:
+                raise FetchError(f"apt did not deliver {stanza['Package']}={version}")
+            digest = cache.sha256_file(files[0])
+            if stanza.get("SHA256") and digest != stanza["SHA256"]:
+                raise FetchError(f"{files[0].name}: sha256 {digest} does not match the archive's "
+                                 f"{stanza['SHA256']}")
+            packages.append({"name": stanza["Package"], "version": version, "sha256": digest})
+            _run(["dpkg-deb", "-x", str(files[0]), str(root)])
+        for f in debs.iterdir():
+            f.unlink()
+        debs.rmdir()
+        kernel = _describe_tree(root, spec, suite, abi, version, packages)
+        # The record lives at the entry's top; paths in it are relative to it.
+        kernel.root = tmp
+        for attr in ("image", "config", "modules_dir", "build_dir"):
+            setattr(kernel, attr, "root/" + getattr(kernel, attr))
+        kernel.image_sha256 = cache.sha256_file(tmp / kernel.image)
+        kernel.save()
+
+
+def _run(cmd: list[str]) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise FetchError(f"{' '.join(cmd)} failed", detail=proc.stderr[-2000:])
+
+
+def _describe_tree(root: Path, spec: KernelSpec, suite: Suite, abi: str, version: str,
+                   packages: list[dict]) -> Kernel:
+    """Find image/config/modules/build in an extracted tree and make it relocatable."""
+    images = sorted((root / "boot").glob("vmlinuz-*")) + sorted(root.glob("usr/lib/modules/*/vmlinuz"))
+    if not images:
+        raise FetchError(f"no kernel image in the packages of {spec}")
+    image = images[0]
+    release = image.name[len("vmlinuz-"):] if image.name != "vmlinuz" else image.parent.name
+    config = next(p for p in (root / "boot" / f"config-{release}",
+                              root / "usr/lib/modules" / release / "config") if p.exists())
+    modules = next(p for p in (root / "lib/modules" / release, root / "usr/lib/modules" / release)
+                   if p.exists())
+    build = root / "usr/src" / f"linux-headers-{release}"
+    if not (build / "Makefile").exists():
+        raise FetchError(f"headers for {release} lack {build.relative_to(root)}/Makefile")
+    _make_relocatable(root, build)
+    return Kernel(spec=f"debian:{spec.suite}/{spec.flavour}@{abi}", release=release, version=version,
+                  arch=suite.flavours[spec.flavour].arch, flavour=spec.flavour, series=suite.series,
+                  cc=suite.cc, root=root, image=str(image.relative_to(root)),
+                  config=str(config.relative_to(root)), modules_dir=str(modules.relative_to(root)),
+                  build_dir=str(build.relative_to(root)), packages=packages)
+
+
+def _make_relocatable(root: Path, build: Path) -> None:
+    """Headers hard-code ``/usr/src/...``; point includes and symlinks into the tree."""
+    makefile = build / "Makefile"
+    text = makefile.read_text()
+    fixed = re.sub(r"^include /usr/src/(\S+)", lambda m: f"include ../{m[1]}", text, flags=re.M)
+    makefile.write_text(fixed)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            link = Path(dirpath) / name
+            if link.is_symlink():
+                target = os.readlink(link)
+                if target.startswith("/"):
+                    link.unlink()
+                    os.symlink(os.path.relpath(root / target.lstrip("/"), link.parent), link)

@@ -1,0 +1,91 @@
+"""A fetched kernel: where its image, modules and build tree are, and what it is."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from ..cache import sha256_file
+from ..errors import FetchError
+
+RECORD = "kernel.json"
+
+
+@dataclass
+class Kernel:
+    spec: str          # canonical spec, e.g. debian:bookworm/cloud-amd64@6.1.0-56
+    release: str       # uname -r, e.g. 6.1.0-56-cloud-amd64
+    version: str       # package version, e.g. 6.1.192-2
+    arch: str          # Debian arch: amd64, i386, arm64
+    flavour: str
+    series: str        # e.g. 6.1
+    cc: str            # compiler for out-of-tree modules
+    root: Path         # extracted tree
+    image: str         # paths relative to root
+    config: str
+    modules_dir: str
+    build_dir: str
+    packages: list[dict] = field(default_factory=list)
+    image_sha256: str = ""
+
+    # -- paths ---------------------------------------------------------------
+    @property
+    def image_path(self) -> Path:
+        return self.root / self.image
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / self.config
+
+    @property
+    def modules_path(self) -> Path:
+        return self.root / self.modules_dir
+
+    @property
+    def build_path(self) -> Path:
+        return self.root / self.build_dir
+
+    # -- facts ---------------------------------------------------------------
+    @cached_property
+    def kconfig(self) -> dict[str, str]:
+        values = {}
+        for line in self.config_path.read_text(errors="replace").splitlines():
+            m = re.match(r"^(CONFIG_\w+)=(.*)$", line)
+            if m:
+                values[m[1]] = m[2].strip('"')
+        return values
+
+    @property
+    def version_tuple(self) -> tuple[int, ...]:
+        m = re.match(r"^(\d+)\.(\d+)(?:\.(\d+))?", self.release)
+        return tuple(int(x or 0) for x in m.groups()) if m else (0, 0, 0)
+
+    # -- persistence ---------------------------------------------------------
+    def save(self) -> None:
+        data = asdict(self)
+        data["root"] = "."
+        (self.root / RECORD).write_text(json.dumps(data, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, root: Path, *, verify: bool = True) -> "Kernel":
+        """Load a cache entry; with ``verify``, check it is whole (raises FetchError)."""
+        try:
+            data = json.loads((root / RECORD).read_text())
+            data["root"] = root
+            kernel = cls(**data)
+        except (OSError, ValueError, TypeError) as exc:
+            raise FetchError(f"cache entry {root} is unreadable ({exc})") from None
+        if verify:
+            kernel.verify()
+        return kernel
+
+    def verify(self) -> None:
+        """Cheap integrity check: key files exist, image checksum matches."""
+        for rel in (self.image, self.config, self.modules_dir, self.build_dir):
+            if not (self.root / rel).exists():
+                raise FetchError(f"cache entry for {self.spec} is incomplete: {rel} is missing")
+        if self.image_sha256 and sha256_file(self.image_path) != self.image_sha256:
+            raise FetchError(f"cache entry for {self.spec} is corrupted: "
+                             f"{self.image} does not match its recorded sha256")
