@@ -1,0 +1,94 @@
+"""KVM or TCG: trust a real boot, not the device node.
+
+``/dev/kvm`` can exist while nested KVM hangs right after the kernel's
+decompressor. ``auto`` therefore boots the kernel once under KVM with no root
+filesystem and a deadline: reaching the "no root" panic means KVM works. The
+verdict is cached per host (hostname, host kernel, QEMU version).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from . import cache
+from .arch import ArchProfile
+from .config import cache_dir
+from .errors import ConfigError
+
+PROBE_TIMEOUT = 25.0
+CHOICES = ("auto", "kvm", "tcg")
+
+
+def qemu_version(binary: str) -> str:
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except FileNotFoundError:
+        raise ConfigError(f"{binary} not found: install QEMU (apt-get install qemu-system-x86)") from None
+    return out.splitlines()[0] if out else "unknown"
+
+
+def kvm_device_usable() -> bool:
+    return os.access("/dev/kvm", os.R_OK | os.W_OK)
+
+
+def _verdict_path(profile: ArchProfile) -> Path:
+    host = cache.digest(platform.node(), platform.release(), qemu_version(profile.qemu))
+    return cache_dir("accel") / f"kvm-{profile.name}-{host}.json"
+
+
+def probe_kvm(profile: ArchProfile, image: Path, timeout: float = PROBE_TIMEOUT) -> tuple[bool, str]:
+    """Boot ``image`` under KVM without a rootfs; True if it reaches the no-root panic."""
+    with tempfile.TemporaryDirectory(prefix="vmprobe-kvmprobe-") as tmp:
+        log = Path(tmp) / "console.log"
+        cmd = [profile.qemu, "-accel", "kvm", "-cpu", profile.cpu_kvm, "-M", profile.machine,
+               "-m", "256M", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+               "-chardev", f"file,id=con0,path={log}", "-serial", "chardev:con0",
+               "-kernel", str(image), "-append", f"console={profile.console} panic=-1"]
+        start = time.monotonic()
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            while time.monotonic() - start < timeout:
+                text = log.read_text(errors="replace") if log.exists() else ""
+                if "Kernel panic" in text or "VFS:" in text:
+                    return True, f"KVM boot reached the kernel in {time.monotonic() - start:.1f}s"
+                if proc.poll() is not None:
+                    err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+                    return False, f"QEMU exited {proc.returncode} under KVM: {err[-300:]}"
+                time.sleep(0.1)
+            return False, f"KVM boot did not reach the kernel's no-root panic in {timeout:.0f}s (nested KVM hang?)"
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, 9)
+            proc.wait()
+            if proc.stderr:
+                proc.stderr.close()
+
+
+def choose_accel(requested: str, profile: ArchProfile, image: Path, log=None) -> str:
+    """The accelerator to use: forced, or ``auto`` decided by a cached test boot."""
+    if requested not in CHOICES:
+        raise ConfigError(f"unknown accelerator {requested!r}; choose one of {', '.join(CHOICES)}")
+    if requested != "auto":
+        if requested == "kvm" and not kvm_device_usable():
+            raise ConfigError("--accel kvm was asked for but /dev/kvm is missing or not accessible")
+        return requested
+    if not profile.is_native or not kvm_device_usable():
+        return "tcg"
+    path = _verdict_path(profile)
+    if path.exists():
+        return json.loads(path.read_text())["accel"]
+    with cache.locked(path):
+        if path.exists():
+            return json.loads(path.read_text())["accel"]
+        ok, why = probe_kvm(profile, image)
+        verdict = {"accel": "kvm" if ok else "tcg", "why": why, "time": time.time()}
+        path.write_text(json.dumps(verdict) + "\n")
+    if log:
+        log(f"vmprobe: accel auto → {verdict['accel']} ({why}); cached in {path}")
+    return verdict["accel"]

@@ -1,0 +1,288 @@
+"""A QEMU machine running a real kernel, as a context manager that always cleans up.
+
+Everything the machine owns lives in one private (0700) temp dir: the console
+log, the QMP and gdbstub unix sockets, the run's initrd. SSH is forwarded from
+``127.0.0.1:<free port>``; the guest network is ``restrict=on`` (no way out).
+QEMU runs in its own process group with a parent-death signal, and shutdown
+goes QMP ``quit`` → SIGTERM → SIGKILL on every path, exceptions and signals
+included, then removes the temp dir.
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import os
+import secrets
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import weakref
+from pathlib import Path
+
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from . import rootfs
+from .accel import choose_accel, qemu_version
+from .arch import ArchProfile, profile_for
+from .console import Console, raise_qemu_gone
+from .errors import QemuError, VmprobeError
+from .kernels import Kernel
+from .ssh import GuestSsh, RunKeys
+
+READY = r"VMPROBE-READY {nonce}\b"
+_live: "weakref.WeakSet[Machine]" = weakref.WeakSet()
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def runtime_dir() -> Path:
+    """Where per-machine temp dirs go (short paths: unix sockets cap at 107 bytes)."""
+    base = os.environ.get("VMPROBE_RUNTIME_DIR") or os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return Path(base)
+
+
+class Machine:
+    """A booted guest: ``.console``, ``.ssh``, ``.qmp``, ``.gdb_socket``; use ``with``."""
+
+    def __init__(self, kernel: Kernel, *, accel: str = "auto", memory: str = "1G", smp: int = 1,
+                 append: tuple[str, ...] = (), boot_timeout: float = 120, ssh_timeout: float = 30,
+                 qemu_args: tuple[str, ...] = (), log=None):
+        self.kernel = kernel
+        self.profile: ArchProfile = profile_for(kernel.arch)
+        self.requested_accel = accel
+        self.memory, self.smp = memory, smp
+        self.extra_append, self.qemu_args = tuple(append), tuple(qemu_args)
+        self.boot_timeout, self.ssh_timeout = boot_timeout, ssh_timeout
+        self.log = log or (lambda msg: None)
+        self.nonce = secrets.token_hex(8)
+        self.workdir: Path | None = None
+        self.proc: subprocess.Popen | None = None
+        self.console: Console | None = None
+        self.qmp: QEMUMonitorProtocol | None = None
+        self.ssh: GuestSsh | None = None
+        self.accel: str | None = None
+        self.ssh_port: int | None = None
+        self.command_line: list[str] = []
+        self.timings: dict[str, float] = {}
+        self._qemu_stderr: Path | None = None
+
+    # -- paths ---------------------------------------------------------------
+    @property
+    def gdb_socket(self) -> Path:
+        return self.workdir / "gdb.sock"
+
+    @property
+    def console_log(self) -> Path:
+        return self.workdir / "console.log"
+
+    # -- lifecycle -----------------------------------------------------------
+    def __enter__(self) -> "Machine":
+        try:
+            self.launch()
+        except BaseException:
+            self.shutdown()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    def launch(self) -> None:
+        t0 = time.monotonic()
+        self.workdir = Path(tempfile.mkdtemp(prefix="vmprobe-", dir=runtime_dir()))
+        os.chmod(self.workdir, 0o700)
+        _live.add(self)
+        keys = RunKeys.generate(self.workdir)
+        base = rootfs.build_base(self.kernel)
+        initrd = rootfs.assemble(base, rootfs.run_layer(keys.authorized_key, keys.host_key_file),
+                                 self.workdir / "initrd.img")
+        self.timings["rootfs"] = time.monotonic() - t0
+        self.accel = choose_accel(self.requested_accel, self.profile, self.kernel.image_path, self.log)
+        t1 = time.monotonic()
+        for attempt in range(5):
+            self.ssh_port = _free_port()
+            try:
+                self._start_qemu(initrd)
+                break
+            except _PortTaken:
+                continue
+        else:
+            raise QemuError("could not bind a loopback port for the SSH forward after 5 tries")
+        self.console.expect(READY.format(nonce=self.nonce), self.boot_timeout,
+                            what=f"the guest's READY marker (boot of {self.kernel.release} under {self.accel})")
+        self.timings["boot"] = time.monotonic() - t1
+        t2 = time.monotonic()
+        self.ssh = GuestSsh(self.ssh_port, keys)
+        self.ssh.connect(self.ssh_timeout, alive=self.check_alive)
+        self.timings["ssh"] = time.monotonic() - t2
+
+    def _qemu_command(self, initrd: Path, qmp_path: Path) -> list[str]:
+        p = self.profile
+        append = [f"console={p.console},115200", "panic=-1",
+                  *p.append, "cryptomgr.notests", "quiet", f"vmprobe.nonce={self.nonce}",
+                  *self.extra_append]
+        net = (f"user,id=net0,restrict=on,"
+               f"hostfwd=tcp:127.0.0.1:{self.ssh_port}-10.0.2.15:22")
+        cmd = [
+            p.qemu, "-name", f"vmprobe-{self.nonce}", "-M", p.machine,
+            "-accel", self.accel, "-cpu", p.cpu_kvm if self.accel == "kvm" else p.cpu_tcg,
+            "-smp", str(self.smp), "-m", self.memory,
+            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+            "-kernel", str(self.kernel.image_path), "-initrd", str(initrd),
+            "-append", " ".join(a for a in append if a),
+            "-chardev", f"file,id=con0,path={self.console_log}", "-serial", "chardev:con0",
+            "-chardev", f"socket,id=qmp0,path={qmp_path}", "-mon", "chardev=qmp0,mode=control",
+            "-chardev", f"socket,id=gdb0,path={self.gdb_socket},server=on,wait=off",
+            "-gdb", "chardev:gdb0",
+            "-netdev", net, "-device", "virtio-net-pci,netdev=net0,romfile=",
+            "-object", "rng-random,id=rng0,filename=/dev/urandom",
+            "-device", "virtio-rng-pci,rng=rng0",
+            "-device", "pvpanic", "-action", "panic=exit-failure",
+            *self.qemu_args,
+        ]
+        return cmd
+
+    def _start_qemu(self, initrd: Path) -> None:
+        qmp_path = self.workdir / "qmp.sock"
+        with contextlib.suppress(FileNotFoundError):
+            qmp_path.unlink()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(qmp_path))
+        listener.listen(1)
+        self.command_line = self._qemu_command(initrd, qmp_path)
+        self._qemu_stderr = self.workdir / "qemu.stderr"
+        self.console_log.unlink(missing_ok=True)
+        with self._qemu_stderr.open("wb") as err:
+            try:
+                self.proc = subprocess.Popen(self.command_line, stdin=subprocess.DEVNULL,
+                                             stdout=err, stderr=err, start_new_session=True,
+                                             preexec_fn=_die_with_parent)
+            except FileNotFoundError:
+                listener.close()
+                raise QemuError(f"{self.command_line[0]} not found: install QEMU "
+                                f"({qemu_version(self.command_line[0])})") from None
+        self.console = Console(self.console_log, self._exit_reason)
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                ready, _, _ = select.select([listener], [], [], 0.1)
+                if ready:
+                    conn, _ = listener.accept()
+                    break
+                if self.proc.poll() is not None:
+                    stderr = self.qemu_stderr()
+                    if "hostfwd" in stderr or "host forwarding" in stderr:
+                        raise _PortTaken()
+                    raise QemuError(f"QEMU exited with status {self.proc.returncode} at start-up: "
+                                    f"{stderr.strip()[-500:]}", detail=" ".join(self.command_line))
+                if time.monotonic() > deadline:
+                    raise QemuError("QEMU did not connect to its QMP socket within 20s",
+                                    detail=self.qemu_stderr())
+        finally:
+            listener.close()
+        self.qmp = QEMUMonitorProtocol(conn)
+        self.qmp.connect(negotiate=True)
+        self.qmp.settimeout(10)
+
+    def qemu_stderr(self) -> str:
+        try:
+            return self._qemu_stderr.read_text(errors="replace") if self._qemu_stderr else ""
+        except FileNotFoundError:
+            return ""
+
+    def _exit_reason(self) -> str | None:
+        if self.proc is None or self.proc.poll() is None:
+            return None
+        code = self.proc.returncode
+        why = "exited" if code >= 0 else f"was killed by signal {-code}"
+        extra = self.qemu_stderr().strip()
+        detail = f" with status {code}" if code >= 0 else ""
+        if code == 1 and not extra:
+            detail += " (guest panic reported through pvpanic)"
+        return f"{why}{detail}" + (f" ({extra[-300:]})" if extra else "")
+
+    def check_alive(self) -> None:
+        """Raise (QEMU gone / kernel crashed) if the machine is no longer usable."""
+        reason = self._exit_reason()
+        if reason:
+            raise_qemu_gone(reason, "the guest", self.console)
+
+    def shutdown(self, timeout: float = 5) -> None:
+        """Stop QEMU (QMP quit → SIGTERM → SIGKILL) and remove everything it used."""
+        if self.ssh:
+            with contextlib.suppress(Exception):
+                self.ssh.close()
+            self.ssh = None
+        if self.proc and self.proc.poll() is None and self.qmp:
+            with contextlib.suppress(Exception):
+                self.qmp.cmd("quit")
+        if self.qmp:
+            with contextlib.suppress(Exception):
+                self.qmp.close()
+            self.qmp = None
+        if self.proc:
+            _reap(self.proc, timeout)
+        if self.console:
+            self.console.refresh()  # keep the final text readable after the dir is gone
+        if self.workdir and self.workdir.exists():
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        _live.discard(self)
+
+    # -- conveniences --------------------------------------------------------
+    def run(self, command: str, timeout: float = 60, **kw):
+        """Run a command in the guest over SSH (see GuestSsh.run)."""
+        try:
+            return self.ssh.run(command, timeout, **kw)
+        except VmprobeError:
+            self.check_alive()
+            raise
+
+
+class _PortTaken(Exception):
+    pass
+
+
+def _reap(proc: subprocess.Popen, timeout: float) -> None:
+    for sig, wait in ((None, timeout), (signal.SIGTERM, 3), (signal.SIGKILL, 5)):
+        if sig is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+        try:
+            proc.wait(wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    # the group may hold helpers (none today); make sure nothing of it is left
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for machine in list(_live):
+        with contextlib.suppress(Exception):
+            machine.shutdown(timeout=1)
+
+
+def install_signal_handlers() -> None:
+    """Turn SIGTERM/SIGHUP into SystemExit so ``with Machine`` blocks clean up."""
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
+
+

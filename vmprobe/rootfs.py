@@ -1,0 +1,198 @@
+"""The guest's initramfs: busybox, an SSH server, the kernel modules it needs.
+
+Built in two layers. The base (busybox, dropbear + its ldd closure, the sftp
+server, the init, the kernel's virtio modules in dependency order) depends only
+on its inputs and is cached by their hash. The per-run layer holds this run's
+authorized key and host key; the kernel unpacks concatenated archives in
+order, so the run's initrd is simply base + layer.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import cache
+from .config import ROOTFS_DIR, cache_dir
+from .cpio import NewcArchive
+from .elf import modinfo, read_module
+from .errors import ConfigError
+from .kernels import Kernel
+
+#: Where each host program goes in the guest (dropbear finds the SFTP server there).
+GUEST_PROGRAMS = {
+    "busybox": ("/bin/busybox", ["/bin/busybox", "/usr/bin/busybox"]),
+    "dropbear": ("/bin/dropbear", ["/usr/sbin/dropbear", "/sbin/dropbear"]),
+    "sftp-server": ("/usr/lib/sftp-server", ["/usr/lib/openssh/sftp-server", "/usr/libexec/sftp-server",
+                                             "/usr/lib/sftp-server"]),
+}
+HOST_PACKAGES = "busybox-static, dropbear-bin and openssh-sftp-server"
+GUEST_MODULE_DIR = "lib/modules/vmprobe"
+
+
+def _find_program(name: str) -> Path:
+    for candidate in GUEST_PROGRAMS[name][1]:
+        if Path(candidate).is_file():
+            return Path(candidate)
+    raise ConfigError(f"{name} not found on the host (looked in {', '.join(GUEST_PROGRAMS[name][1])}); "
+                      f"install {HOST_PACKAGES}")
+
+
+def ldd_closure(binary: Path) -> list[Path]:
+    """The shared libraries (and loader) a host binary needs, as ldd resolves them."""
+    proc = subprocess.run(["ldd", str(binary)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return []  # static binary ("not a dynamic executable")
+    libs = []
+    for line in proc.stdout.splitlines():
+        m = re.search(r"=>\s*(/\S+)", line) or re.match(r"\s*(/\S+)\s+\(", line)
+        if m:
+            libs.append(Path(m[1]))
+        elif "not found" in line:
+            raise ConfigError(f"{binary} needs {line.split()[0]}, which the host lacks")
+    return libs
+
+
+# -- kernel modules -----------------------------------------------------------
+
+def _module_index(modules: Path) -> dict[str, Path]:
+    index = {}
+    for path in (modules / "kernel").rglob("*.ko*"):
+        name = path.name.split(".ko")[0].replace("-", "_")
+        index[name] = path
+    return index
+
+
+def _builtin(modules: Path) -> set[str]:
+    path = modules / "modules.builtin"
+    if not path.exists():
+        return set()
+    return {Path(line.strip()).name.split(".ko")[0].replace("-", "_")
+            for line in path.read_text().splitlines() if line.strip()}
+
+
+def required_modules(modules_dir: Path, wanted: list[str]) -> list[tuple[str, bytes]]:
+    """Modules to load, dependencies first, as (file name, uncompressed bytes).
+
+    A ``name?`` entry is optional. Built-in modules are skipped. A required
+    module the kernel has neither built in nor as a file is an error.
+    """
+    index, builtin = _module_index(modules_dir), _builtin(modules_dir)
+    ordered: list[tuple[str, bytes]] = []
+    done: set[str] = set()
+
+    def visit(name: str, optional: bool, chain: tuple[str, ...]) -> None:
+        name = name.replace("-", "_")
+        if name in done or name in builtin:
+            return
+        if name in chain:
+            raise ConfigError(f"module dependency cycle: {' -> '.join(chain + (name,))}")
+        if name not in index:
+            if optional:
+                return
+            raise ConfigError(f"kernel module {name} is neither built in nor shipped in {modules_dir}"
+                              + (f" (needed by {chain[-1]})" if chain else ""))
+        data = read_module(index[name])
+        for dep in ",".join(modinfo(data).get("depends", [])).split(","):
+            if dep:
+                visit(dep, False, chain + (name,))
+        done.add(name)
+        ordered.append((name + ".ko", data))
+
+    for entry in wanted:
+        visit(entry.rstrip("?"), entry.endswith("?"), ())
+    return ordered
+
+
+def _wanted_modules() -> list[str]:
+    text = (ROOTFS_DIR / "modules.txt").read_text()
+    return [line.split("#")[0].strip() for line in text.splitlines() if line.split("#")[0].strip()]
+
+
+# -- the archive ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BaseImage:
+    path: Path
+    key: str
+
+
+def _base_inputs(kernel: Kernel) -> tuple[list[tuple[str, Path]], list[tuple[str, bytes]]]:
+    files: list[tuple[str, Path]] = []
+    for name, (guest_path, _) in GUEST_PROGRAMS.items():
+        host = _find_program(name)
+        files.append((guest_path, host))
+        for lib in ldd_closure(host):
+            files.append((str(lib), lib))
+    modules = required_modules(kernel.modules_path, _wanted_modules())
+    return files, modules
+
+
+def build_base(kernel: Kernel) -> BaseImage:
+    """The cached base initramfs for a kernel (built if missing)."""
+    files, modules = _base_inputs(kernel)
+    init = (ROOTFS_DIR / "init").read_bytes()
+    inittab = (ROOTFS_DIR / "inittab").read_bytes()
+    key = cache.digest("rootfs-v1", init, inittab, kernel.release, kernel.image_sha256,
+                       *[f"{g}:{cache.sha256_file(h)}" for g, h in files],
+                       *[f"{n}:{cache.digest(d)}" for n, d in modules])
+    target = cache_dir("rootfs") / f"{key}.cpio.gz"
+    if target.exists():
+        return BaseImage(target, key)
+    with cache.locked(target):
+        if not target.exists():
+            archive = _base_archive(files, modules, init, inittab)
+            with cache.staging(target, is_dir=False) as tmp:
+                tmp.write_bytes(archive)
+    return BaseImage(target, key)
+
+
+def _base_archive(files: list[tuple[str, Path]], modules: list[tuple[str, bytes]],
+                  init: bytes, inittab: bytes) -> bytes:
+    a = NewcArchive()
+    for d in ("bin", "dev", "proc", "sys", "tmp", "run", "root", "etc/dropbear", "etc/vmprobe",
+              GUEST_MODULE_DIR, "usr/lib", "var"):
+        a.dir(d)
+    a.dir("root/.ssh", 0o700)
+    for link in ("sbin", "usr/bin", "usr/sbin"):
+        a.symlink(link, "/bin")
+    a.symlink("var/run", "/run")
+    a.chardev("dev/console", 5, 1)
+    a.chardev("dev/null", 1, 3, 0o666)
+    for guest, host in files:
+        a.file(guest, host.read_bytes(), 0o755)
+    busybox = next(h for g, h in files if g == "/bin/busybox")
+    applets = subprocess.run([str(busybox), "--list"], capture_output=True, text=True).stdout.split()
+    for applet in applets:
+        if applet not in ("busybox", "init") and applet:
+            a.symlink(f"bin/{applet}", "busybox")
+    a.file("init", init, 0o755)
+    a.file("etc/inittab", inittab)
+    a.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
+    a.file("etc/group", b"root:x:0:\ntty:x:5:\n")
+    a.file("etc/shells", b"/bin/sh\n/bin/ash\n")
+    a.file("etc/hosts", b"127.0.0.1 localhost vmprobe\n")
+    for name, data in modules:
+        a.file(f"{GUEST_MODULE_DIR}/{name}", data)
+    a.file("etc/vmprobe/modules", "".join(n + "\n" for n, _ in modules).encode())
+    return a.gzipped()
+
+
+def run_layer(authorized_key: str, host_key: bytes) -> bytes:
+    """The per-run archive: this run's client key and host key."""
+    a = NewcArchive()
+    a.dir("root/.ssh", 0o700)
+    a.file("root/.ssh/authorized_keys", authorized_key.encode() + b"\n", 0o600)
+    a.dir("etc/dropbear", 0o755)
+    a.file("etc/dropbear/host_key", host_key, 0o600)
+    return a.gzipped()
+
+
+def assemble(base: BaseImage, layer: bytes, dest: Path) -> Path:
+    """Write base + run layer as one initrd file for QEMU."""
+    with dest.open("wb") as out, base.path.open("rb") as src:
+        shutil.copyfileobj(src, out)
+        out.write(layer)
+    return dest

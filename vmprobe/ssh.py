@@ -1,0 +1,175 @@
+"""SSH into the guest with paramiko: per-run keys, a pinned host key, bounded waits."""
+from __future__ import annotations
+
+import base64
+import logging
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+import paramiko
+from tenacity import (RetryError, Retrying, retry_if_exception_type, stop_after_delay,
+                      wait_fixed)
+
+from .errors import CommandTimeout, ConfigError, SshError
+
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+
+
+@dataclass(frozen=True)
+class RunKeys:
+    """A client key and a guest host key, made fresh for one run, never stored."""
+
+    client: paramiko.PKey
+    host_key_file: bytes          # dropbear's format, goes into the initramfs
+    host_public: paramiko.PKey    # what the guest must present
+
+    @property
+    def authorized_key(self) -> str:
+        return f"{self.client.get_name()} {self.client.get_base64()} vmprobe-run"
+
+    @classmethod
+    def generate(cls, workdir: Path) -> "RunKeys":
+        client = paramiko.ECDSAKey.generate(bits=256)
+        key_path = workdir / "guest_host_key"
+        try:
+            subprocess.run(["dropbearkey", "-t", "ed25519", "-f", str(key_path)],
+                           check=True, capture_output=True, timeout=30)
+            out = subprocess.run(["dropbearkey", "-y", "-f", str(key_path)], check=True,
+                                 capture_output=True, text=True, timeout=30).stdout
+        except FileNotFoundError:
+            raise ConfigError("dropbearkey not found: install dropbear-bin") from None
+        line = next(l for l in out.splitlines() if l.startswith("ssh-ed25519 "))
+        host_public = paramiko.Ed25519Key(data=base64.b64decode(line.split()[1]))
+        data = key_path.read_bytes()
+        key_path.unlink()
+        return cls(client, data, host_public)
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    status: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+class GuestSsh:
+    """One SSH connection to the guest (through QEMU's loopback forward)."""
+
+    def __init__(self, port: int, keys: RunKeys, host: str = "127.0.0.1"):
+        self.host, self.port, self.keys = host, port, keys
+        self.client: paramiko.SSHClient | None = None
+
+    def connect(self, timeout: float, alive: Callable[[], None] | None = None) -> None:
+        """Connect, retrying until ``timeout``; ``alive()`` raises if the VM is gone."""
+
+        def attempt() -> None:
+            if alive:
+                alive()
+            client = paramiko.SSHClient()
+            client.get_host_keys().add(f"[{self.host}]:{self.port}", self.keys.host_public.get_name(),
+                                       self.keys.host_public)
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+            try:
+                client.connect(self.host, self.port, username="root", pkey=self.keys.client,
+                               timeout=5, banner_timeout=5, auth_timeout=5, look_for_keys=False,
+                               allow_agent=False)
+            except BaseException:
+                client.close()
+                raise
+            self.client = client
+
+        retryer = Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(0.2), reraise=False,
+                           retry=retry_if_exception_type((OSError, paramiko.SSHException, EOFError)))
+        try:
+            retryer(attempt)
+        except RetryError as exc:
+            last = exc.last_attempt.exception()
+            raise SshError(f"could not connect to the guest's SSH server on {self.host}:{self.port} "
+                           f"within {timeout:.0f}s: {last!r}") from None
+        except paramiko.BadHostKeyException as exc:
+            raise SshError(f"the guest presented an unexpected host key: {exc}") from None
+
+    def _transport(self) -> paramiko.Transport:
+        if not self.client or not (t := self.client.get_transport()) or not t.is_active():
+            raise SshError("the SSH connection to the guest is closed")
+        return t
+
+    def start(self, command: str) -> paramiko.Channel:
+        """Start a command and return its channel without waiting for it."""
+        try:
+            channel = self._transport().open_session(timeout=10)
+            channel.exec_command(command)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SshError(f"could not start {command!r} in the guest: {exc}") from None
+        return channel
+
+    def run(self, command: str, timeout: float = 60, *, check: bool = False,
+            stdout: BinaryIO | None = None, stderr: BinaryIO | None = None) -> CommandResult:
+        """Run a command; its output is returned (and streamed when files are given)."""
+        channel = self.start(command)
+        return self.wait(channel, command, timeout, check=check, stdout=stdout, stderr=stderr)
+
+    def wait(self, channel: paramiko.Channel, command: str, timeout: float, *, check: bool = False,
+             stdout: BinaryIO | None = None, stderr: BinaryIO | None = None) -> CommandResult:
+        deadline = time.monotonic() + timeout
+        out, err = bytearray(), bytearray()
+        channel.settimeout(0.1)
+        try:
+            while True:
+                got = False
+                for recv, buf, sink in ((channel.recv, out, stdout), (channel.recv_stderr, err, stderr)):
+                    try:
+                        chunk = recv(65536)
+                    except socket.timeout:
+                        continue
+                    if chunk:
+                        got = True
+                        buf += chunk
+                        if sink:
+                            sink.write(chunk)
+                            sink.flush()
+                if (channel.exit_status_ready() and not got and not channel.recv_ready()
+                        and not channel.recv_stderr_ready()):
+                    break
+                if channel.closed and not channel.exit_status_ready():
+                    raise SshError(f"the guest dropped the SSH channel running {command!r}")
+                if time.monotonic() > deadline:
+                    raise CommandTimeout(f"{command!r} did not finish within {timeout:.0f}s in the guest",
+                                         detail=(out + err).decode(errors="replace")[-2000:] or None)
+                if not got:
+                    self._transport()
+            status = channel.recv_exit_status()
+        finally:
+            channel.close()
+        result = CommandResult(status, out.decode(errors="replace"), err.decode(errors="replace"))
+        if check and status != 0:
+            raise SshError(f"{command!r} failed in the guest (exit {status})",
+                           detail=result.output[-2000:] or None)
+        return result
+
+    def put(self, local: Path, remote: str, mode: int = 0o644) -> None:
+        """Copy a file into the guest over SFTP."""
+        try:
+            sftp = self.client.open_sftp() if self.client else None
+            if sftp is None:
+                raise SshError("not connected")
+            try:
+                sftp.put(str(local), remote)
+                sftp.chmod(remote, mode)
+            finally:
+                sftp.close()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SshError(f"could not copy {local} to the guest's {remote} over SFTP: {exc}") from None
+
+    def close(self) -> None:
+        if self.client:
+            self.client.close()
+            self.client = None
