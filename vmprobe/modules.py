@@ -1,0 +1,139 @@
+"""Kprobe modules: the built-in templates, out-of-tree builds, vermagic checks.
+
+Builds run kbuild against the kernel's cached headers with the compiler the
+catalog names for it, in a temp copy of the sources; the ``.ko`` files are
+cached by a hash of the sources and the kernel. Compiler errors are reported
+as ``file:line:col: error: …`` against the user's own paths.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import cache
+from .config import TEMPLATES_DIR, cache_dir
+from .elf import modinfo, read_module
+from .errors import ConfigError, ModuleBuildError
+from .kernels import Kernel
+
+FORK_PROBE = TEMPLATES_DIR / "vmprobe_fork.c"
+BUILD_TIMEOUT = 600
+_DIAG = re.compile(r"^(?P<file>[^\s:][^:]*):(?P<line>\d+):(?:(?P<col>\d+):)? (?P<sev>error|fatal error): (?P<msg>.*)$",
+                   re.M)
+
+
+@dataclass(frozen=True)
+class Module:
+    path: Path       # the .ko
+    name: str        # as the kernel knows it (lsmod, rmmod)
+    vermagic: str
+
+    @classmethod
+    def from_ko(cls, path: Path) -> "Module":
+        try:
+            info = modinfo(read_module(path))
+        except (OSError, ValueError) as exc:
+            raise ModuleBuildError(f"{path} is not a kernel module ({exc})") from None
+        name = (info.get("name") or [path.name.split(".ko")[0]])[0].replace("-", "_")
+        return cls(path, name, (info.get("vermagic") or [""])[0])
+
+
+def kernel_vermagic(kernel: Kernel) -> str:
+    """The kernel's vermagic, read from a module it ships."""
+    for ko in sorted(kernel.modules_path.rglob("*.ko*")):
+        magic = Module.from_ko(ko).vermagic
+        if magic:
+            return magic
+    raise ModuleBuildError(f"cannot tell the vermagic of {kernel.release}: it ships no modules")
+
+
+def check_vermagic(module: Module, kernel: Kernel) -> None:
+    expected = kernel_vermagic(kernel)
+    if module.vermagic.split() != expected.split():
+        raise ModuleBuildError(
+            f"{module.path.name} was built for another kernel: vermagic {module.vermagic!r}, "
+            f"but {kernel.release} ({kernel.spec}) needs {expected!r}")
+
+
+def _sources(source: Path) -> tuple[Path, list[Path]]:
+    """(directory, files) of a module source: a single .c or a dir with Kbuild/Makefile."""
+    if source.is_file():
+        return source.parent, [source]
+    if source.is_dir():
+        if not ((source / "Kbuild").exists() or (source / "Makefile").exists()):
+            raise ModuleBuildError(f"{source} has no Kbuild or Makefile")
+        files = sorted(p for p in source.rglob("*") if p.is_file() and not p.name.startswith(".")
+                       and p.suffix not in (".o", ".ko", ".cmd", ".mod", ".symvers", ".order"))
+        return source, files
+    raise ModuleBuildError(f"module source {source} does not exist")
+
+
+def build(source: Path, kernel: Kernel, log=None) -> list[Module]:
+    """Build a module source against ``kernel``; cached by source + kernel."""
+    source = source.resolve()
+    if source.suffix == ".ko" or ".ko." in source.name:
+        module = Module.from_ko(source)
+        check_vermagic(module, kernel)
+        return [module]
+    base, files = _sources(source)
+    cc = shutil.which(kernel.cc)
+    if not cc:
+        raise ConfigError(f"{kernel.cc} not found: modules for {kernel.release} are built with it "
+                          f"(apt-get install {kernel.cc})")
+    key = cache.digest("module-v1", kernel.spec, kernel.version, kernel.cc,
+                       *[f"{f.relative_to(base)}:{cache.sha256_file(f)}" for f in files])
+    target = cache_dir("modules") / key
+    if not target.exists():
+        with cache.locked(target):
+            if not target.exists():
+                with cache.staging(target) as tmp:
+                    _kbuild(source, base, files, kernel, tmp, log)
+    modules = [Module.from_ko(p) for p in sorted(target.glob("*.ko"))]
+    if not modules:
+        raise ModuleBuildError(f"building {source} produced no .ko")
+    return modules
+
+
+def _kbuild(source: Path, base: Path, files: list[Path], kernel: Kernel, out: Path, log) -> None:
+    work = out / "src"
+    for f in files:
+        dest = work / f.relative_to(base)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, dest)
+    if source.is_file():
+        (work / "Kbuild").write_text(f"obj-m := {source.stem}.o\n")
+    cmd = ["make", "-C", str(kernel.build_path), f"M={work}", f"CC={kernel.cc}", f"HOSTCC={kernel.cc}",
+           f"-j{os.cpu_count() or 1}", "modules"]
+    if log:
+        log(f"vmprobe: building {source.name} for {kernel.release} with {kernel.cc}")
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT,
+                              stdin=subprocess.DEVNULL, env=dict(os.environ, LC_ALL="C"))
+    except subprocess.TimeoutExpired:
+        raise ModuleBuildError(f"building {source} did not finish in {BUILD_TIMEOUT}s") from None
+    output = proc.stdout + proc.stderr
+    (out / "build.log").write_text(" ".join(cmd) + "\n" + output)
+    if proc.returncode != 0:
+        raise ModuleBuildError(_summarise(output, work, base, source, kernel),
+                               detail=_user_paths(output, work, base)[-4000:])
+    for ko in work.rglob("*.ko"):
+        shutil.move(str(ko), out / ko.name)
+    shutil.rmtree(work)
+
+
+def _user_paths(text: str, work: Path, base: Path) -> str:
+    return text.replace(str(work) + "/", str(base) + "/")
+
+
+def _summarise(output: str, work: Path, base: Path, source: Path, kernel: Kernel) -> str:
+    diags = list(_DIAG.finditer(_user_paths(output, work, base)))
+    if not diags:
+        return f"building {source} against {kernel.release} failed (see the build output)"
+    first = diags[0]
+    where = f"{first['file']}:{first['line']}" + (f":{first['col']}" if first["col"] else "")
+    more = f" (+{len(diags) - 1} more)" if len(diags) > 1 else ""
+    return f"{where}: {first['sev']}: {first['msg']}{more}"

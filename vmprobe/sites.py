@@ -1,0 +1,64 @@
+"""What the bytes at a probe site say about how the probe is armed, per architecture.
+
+x86 (64 and 32 bit): ``cc`` int3 (a plain kprobe); ``e9 rel32`` a jump into
+the optprobe detour (``[OPTIMIZED]``); ``e8 rel32`` where the unarmed site is
+the 5-byte fentry NOP: the ftrace call (``[FTRACE]``). arm64: the word
+``d4200080`` (``brk #4``, bytes ``80 00 20 d4``). Unchanged bytes mean disarmed.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+X86_NOP5 = bytes.fromhex("0f1f440000")
+ARM64_BRK = bytes.fromhex("800020d4")
+
+#: mechanism → the list flag that must accompany it ('' = none of OPTIMIZED/FTRACE)
+EXPECTED_FLAG = {"int3": "", "brk": "", "optimized": "OPTIMIZED", "ftrace": "FTRACE"}
+
+#: How many bytes to compare: an optimized jump replaces up to this many bytes
+#: of whole instructions (RELATIVEJUMP_SIZE plus the tail of the last one).
+SITE_WINDOW = 32
+
+
+@dataclass(frozen=True)
+class Site:
+    mechanism: str           # int3 | optimized | ftrace | brk | unarmed | unknown
+    target: int | None = None  # where a jmp/call at the site goes
+
+    def to_dict(self) -> dict:
+        return {"mechanism": self.mechanism,
+                "target": f"{self.target:#x}" if self.target is not None else None}
+
+
+def classify(arch: str, address: int, baseline: bytes, armed: bytes) -> Site:
+    """Decode the armed bytes at ``address`` against the unarmed baseline."""
+    if armed == baseline:
+        return Site("unarmed")
+    if arch in ("x86_64", "i386"):
+        op = armed[0]
+        if op == 0xCC:
+            return Site("int3")
+        if op in (0xE8, 0xE9) and len(armed) >= 5:
+            rel, = struct.unpack_from("<i", armed, 1)
+            mask = (1 << (64 if arch == "x86_64" else 32)) - 1
+            target = (address + 5 + rel) & mask
+            if op == 0xE9:
+                return Site("optimized", target)
+            if baseline[:5] == X86_NOP5 or baseline[0] == 0xE8:
+                return Site("ftrace", target)
+        return Site("unknown")
+    if arch == "aarch64":
+        return Site("brk") if armed[:4] == ARM64_BRK else Site("unknown")
+    return Site("unknown")
+
+
+def agrees_with_flags(mechanism: str, flags: list[str]) -> bool:
+    """Do the bytes tell the same story as the kprobes list flags?"""
+    if "DISABLED" in flags or "GONE" in flags:
+        return mechanism == "unarmed"
+    if mechanism not in EXPECTED_FLAG:
+        return False
+    want = EXPECTED_FLAG[mechanism]
+    kinds = {f for f in flags if f in ("OPTIMIZED", "FTRACE")}
+    return kinds == ({want} if want else set())
