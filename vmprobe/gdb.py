@@ -28,6 +28,9 @@ class Gdb:
         self._async: list[dict] = []
         self.running = False
         self._reg_index: dict[str, int] = {}
+        # async MI: gdb keeps reading commands (-exec-interrupt) while the guest runs
+        self.command("-gdb-set mi-async on")
+        self.command("-gdb-set pagination off")
         if arch:
             self.command(f"-gdb-set architecture {arch}")
 

@@ -5,6 +5,7 @@ import base64
 import logging
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,13 +103,33 @@ class GuestSsh:
             raise SshError("the SSH connection to the guest is closed")
         return t
 
-    def start(self, command: str) -> paramiko.Channel:
-        """Start a command and return its channel without waiting for it."""
+    def start(self, command: str, timeout: float = 15) -> paramiko.Channel:
+        """Start a command and return its channel without waiting for it to finish.
+
+        paramiko's exec_command waits for the server's answer with no deadline;
+        it runs in a helper thread here so a stopped or dead guest cannot hang us.
+        """
         try:
-            channel = self._transport().open_session(timeout=10)
-            channel.exec_command(command)
+            channel = self._transport().open_session(timeout=timeout)
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise SshError(f"could not start {command!r} in the guest: {exc}") from None
+            raise SshError(f"could not open an SSH channel to the guest for {command!r}: {exc}") from None
+        failure: list[BaseException] = []
+
+        def request() -> None:
+            try:
+                channel.exec_command(command)
+            except BaseException as exc:  # reported below
+                failure.append(exc)
+
+        worker = threading.Thread(target=request, name="vmprobe-ssh-exec", daemon=True)
+        worker.start()
+        worker.join(timeout)
+        if worker.is_alive():
+            channel.close()
+            worker.join(1)
+            raise CommandTimeout(f"the guest did not accept the command {command!r} within {timeout:.0f}s")
+        if failure:
+            raise SshError(f"could not start {command!r} in the guest: {failure[0]}") from None
         return channel
 
     def run(self, command: str, timeout: float = 60, *, check: bool = False,

@@ -1,0 +1,391 @@
+"""The probe check: arm a kprobe module in a running guest and prove it at the machine level.
+
+In one VM: resolve the site from /proc/kallsyms (KASLR on) → read its bytes
+through the gdbstub → insmod → read the kprobes list and let the optimizer
+settle → read the armed bytes and name the mechanism → trigger and count the
+handler's lines → stop at the site with a hardware breakpoint and read the
+registers → SysRq through /proc and through the keyboard → rmmod → the bytes
+are back. Every step is timed and every wait is bounded.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from .crash import find_crashes
+from .errors import CommandTimeout, GdbError, ModuleLoadError, VmprobeError
+from .gdb import Gdb
+from .kprobes_list import ProbeRecord, parse_debugfs_list
+from .machine import Machine
+from .modules import Module
+from .report import ProbeReport
+from .sites import SITE_WINDOW, agrees_with_flags, classify
+
+FORK_SYMBOLS = ("kernel_clone", "_do_fork", "do_fork")
+DEFAULT_TRIGGER = "for i in 1 2 3 4 5; do /bin/true; done"
+KPROBES_LIST = "/sys/kernel/debug/kprobes/list"
+GUEST_DIR = "/tmp"
+#: Extra bytes read before arming, for a kernel that moves the probe (IBT: sym+0 → sym+4).
+SLACK = 16
+
+
+@dataclass
+class ProbeOptions:
+    symbol: str | None = None          # None: the kernel's fork function
+    offset: int = 0
+    post_handler: bool = True
+    trigger: str | None = None         # None: forks
+    module_params: str = ""            # extra insmod parameters (user modules)
+    builtin_template: bool = True      # False: a user's module (no nonce lines to count)
+    sysrq: bool = True
+    registers: bool = True
+    settle_timeout: float = 10.0
+    hit_timeout: float = 20.0
+
+
+@dataclass
+class _Run:
+    nonce: str = field(default_factory=lambda: secrets.token_hex(6))
+    address: int = 0          # where the probe really is
+    requested: int = 0        # sym + offset as asked
+    baseline: bytes = b""     # read at `requested`, SITE_WINDOW + SLACK bytes
+
+
+def fork_symbol(machine: Machine) -> str:
+    """The kernel's central fork function, confirmed against /proc/kallsyms."""
+    out = machine.run("grep -wE 'kernel_clone|_do_fork|do_fork' /proc/kallsyms", 15).stdout
+    present = {line.split()[2] for line in out.splitlines() if len(line.split()) >= 3}
+    for name in FORK_SYMBOLS:
+        if name in present:
+            return name
+    raise VmprobeError(f"none of {', '.join(FORK_SYMBOLS)} is in /proc/kallsyms of {machine.kernel.release}")
+
+
+def kallsyms_address(machine: Machine, symbol: str) -> int | None:
+    """First text address of ``symbol`` (what kallsyms_lookup_name returns), or None."""
+    if not re.fullmatch(r"[\w.$]+", symbol):
+        return None
+    out = machine.run(f"grep -E ' [tTwW] {re.escape(symbol)}( |$)' /proc/kallsyms", 15).stdout
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[2] == symbol:
+            return int(fields[0], 16)
+    return None
+
+
+class ProbeCheck:
+    def __init__(self, machine: Machine, module: Module, options: ProbeOptions, log=None):
+        self.m = machine
+        self.module = module
+        self.opt = options
+        self.log = log or (lambda msg: None)
+        self.report = ProbeReport()
+        self.run_state = _Run()
+        self.gdb: Gdb | None = None
+        self._start_mark = 0
+        self._loaded = False
+
+    # -- helpers -------------------------------------------------------------
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        self.phase_name = name
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.report.timings[name] = self.report.timings.get(name, 0) + time.monotonic() - t0
+
+    def _list(self) -> list[ProbeRecord]:
+        return parse_debugfs_list(self.m.run(f"cat {KPROBES_LIST}", 15).stdout)
+
+    def _record(self) -> ProbeRecord | None:
+        return next((r for r in self._list() if r.address == self.run_state.address), None)
+
+    def _read_site(self) -> bytes:
+        return self.gdb.read_memory(self.run_state.address, SITE_WINDOW)
+
+    # -- the check -----------------------------------------------------------
+    def run(self) -> ProbeReport:
+        k, r = self.m.kernel, self.report
+        r.kernel = {"spec": k.spec, "release": k.release, "version": k.version, "arch": self.m.profile.name}
+        r.machine = {"accel": self.m.accel, "smp": self.m.smp, "qemu": " ".join(self.m.command_line)}
+        self._start_mark = self.m.console.mark()
+        try:
+            self._run()
+        except VmprobeError as exc:
+            r.error = f"{exc.kind} in phase {getattr(self, 'phase_name', '?')}: {exc.message}"
+            raise
+        finally:
+            self._cleanup()
+            text = self.m.console.since(self._start_mark)
+            r.crashes = [c.to_dict() for c in find_crashes(text)]
+        return r
+
+    def _run(self) -> None:
+        r, st, opt = self.report, self.run_state, self.opt
+        with self.phase("resolve"):
+            symbol = opt.symbol or fork_symbol(self.m)
+            base = kallsyms_address(self.m, symbol)
+            r.probe = {"symbol": symbol, "offset": opt.offset, "post_handler": opt.post_handler,
+                       "module": self.module.name}
+        if base is None:
+            # Let the kernel say it too (register_kprobe → -ENOENT), then fail clearly.
+            with self.phase("insmod"):
+                self._insmod(symbol)
+            raise ModuleLoadError(f"symbol {symbol} not found in kernel {self.m.kernel.release}")
+        st.requested = base + opt.offset
+        with self.phase("gdb-attach"):
+            self.gdb = Gdb(arch=self.m.profile.gdb_arch)
+            self.gdb.attach(self.m.gdb_socket)
+            self.gdb.cont()
+        with self.phase("baseline"):
+            st.baseline = self.gdb.read_memory(st.requested, SITE_WINDOW + SLACK)
+        with self.phase("insmod"):
+            st.address = self._insmod(symbol)
+        moved = st.address - st.requested
+        if not 0 <= moved <= SLACK:
+            raise VmprobeError(f"the kernel armed {symbol}+{opt.offset} at {st.address:#x}, "
+                               f"{moved:+d} bytes from {st.requested:#x}: outside what was read before")
+        baseline = st.baseline[moved:moved + SITE_WINDOW]
+        r.probe.update({"address": f"{st.address:#x}", "requested_address": f"{st.requested:#x}",
+                        "moved_by": moved})
+        if moved:
+            r.check("probe placement", True, f"the kernel moved the probe {moved} bytes "
+                    f"(to {symbol}+{opt.offset + moved}; IBT ENDBR skipped)")
+        with self.phase("settle"):
+            record = self._settle()
+        r.probe["list_flags"] = record.flags if record else None
+        r.probe["list_line"] = record.to_dict() if record else None
+        r.check("listed in kprobes/list", record is not None,
+                "" if record else f"no entry at {st.address:#x} in {KPROBES_LIST}")
+        with self.phase("armed-bytes"):
+            armed = self._read_site()
+        site = classify(self.m.profile.name, st.address, baseline, armed)
+        r.probe["mechanism"] = site.mechanism
+        r.probe["site_target"] = site.to_dict()["target"]
+        r.bytes = {"before": baseline.hex(), "armed": armed.hex()}
+        r.check("site armed", site.mechanism not in ("unarmed", "unknown"),
+                f"bytes {armed[:8].hex(' ')} → {site.mechanism}")
+        if record:
+            r.check("bytes agree with list flags", agrees_with_flags(site.mechanism, record.flags),
+                    f"{site.mechanism} vs {record.flags or '[]'}")
+        with self.phase("trigger"):
+            self._trigger_and_count()
+        if opt.registers:
+            with self.phase("registers"):
+                self._registers_at_hit()
+        if opt.sysrq:
+            with self.phase("sysrq"):
+                self._sysrq()
+        with self.phase("rmmod"):
+            self._rmmod()
+        with self.phase("restored"):
+            after = self._wait_restored(baseline)
+        r.bytes["after"] = after.hex()
+        r.check("bytes restored after rmmod", after == baseline,
+                "" if after == baseline else f"before {baseline[:8].hex(' ')} after {after[:8].hex(' ')}")
+
+    # -- steps ---------------------------------------------------------------
+    def _insmod(self, symbol: str) -> int:
+        st, opt = self.run_state, self.opt
+        remote = f"{GUEST_DIR}/{self.module.path.name}"
+        self.m.ssh.put(self.module.path, remote)
+        if opt.builtin_template:
+            params = (f"symbol={symbol} offset={opt.offset} nonce={st.nonce} "
+                      f"post={1 if opt.post_handler else 0}")
+        else:
+            params = ""
+        params = f"{params} {opt.module_params}".strip()
+        mark = self.m.console.mark()
+        res = self.m.run(f"insmod {remote} {params}", 60)
+        if res.status != 0:
+            raise ModuleLoadError(self._explain_refusal(symbol, res.output.strip(), mark),
+                                  detail=self.m.console.tail(15))
+        self._loaded = True
+        if opt.builtin_template:
+            m = self.m.console.expect(rf"vmprobe-armed nonce={st.nonce} .*addr=([0-9a-f]+)", 15,
+                                      since=mark, what="the module's 'armed' line on the console",
+                                      error=ModuleLoadError)
+            return int(m[1], 16)
+        records = [rec for rec in self._list() if rec.module in (None, self.module.name)
+                   and rec.symbol == symbol]
+        if not records:
+            raise ModuleLoadError(f"{self.module.name} loaded but no kprobe on {symbol} is listed "
+                                  f"in {KPROBES_LIST}")
+        return records[0].address
+
+    def _explain_refusal(self, symbol: str, insmod_said: str, mark: int) -> str:
+        k, opt = self.m.kernel, self.opt
+        code = None
+        with contextlib.suppress(VmprobeError):
+            m = self.m.console.expect(rf"vmprobe-error nonce={self.run_state.nonce} .*register_kprobe=(-?\d+)",
+                                      3, since=mark, what="the module's error line")
+            code = -int(m[1])
+        where = f"{symbol}+{opt.offset}"
+        said = f"register_kprobe returned -{errno.errorcode.get(code, code)}" if code else f"insmod: {insmod_said}"
+        if code == errno.ENOENT or (code is None and "unknown symbol" in insmod_said.lower()):
+            return f"symbol {symbol} not found in kernel {k.release} ({said})"
+        if code == errno.EILSEQ:
+            return (f"offset {opt.offset} into {symbol} is not an instruction boundary in kernel "
+                    f"{k.release} ({said})")
+        if code == errno.EINVAL:
+            why = self._blacklisted(symbol)
+            return (f"{where} cannot be probed in kernel {k.release}: "
+                    f"{why or 'it is not probeable kernel text (blacklisted, notrace or reserved)'} ({said})")
+        if code == errno.EOPNOTSUPP:
+            return f"{where}: the instruction there cannot be probed in kernel {k.release} ({said})"
+        detail = os.strerror(code) if code else ""
+        return f"kernel {k.release} refused to arm {where}: {detail} ({said})".replace(":  (", ": (")
+
+    def _blacklisted(self, symbol: str) -> str | None:
+        out = self.m.run("cat /sys/kernel/debug/kprobes/blacklist", 15).stdout
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[1] == symbol:
+                return f"{symbol} is on the kprobe blacklist ({parts[0]})"
+        return None
+
+    def _settle(self) -> ProbeRecord | None:
+        """Poll the list until its flags for our probe stop changing (optimizer done)."""
+        opt = self.opt
+        may_optimize = (not opt.post_handler and self.m.kernel.kconfig.get("CONFIG_OPTPROBES") == "y")
+        deadline = time.monotonic() + opt.settle_timeout
+        last, stable_since = None, time.monotonic()
+        while True:
+            record = self._record()
+            flags = tuple(record.flags) if record else None
+            now = time.monotonic()
+            if flags != last:
+                last, stable_since = flags, now
+            settled = "OPTIMIZED" in (flags or ()) or "FTRACE" in (flags or ())
+            quiet_for = now - stable_since
+            if settled and quiet_for >= 0.2 or (not may_optimize and quiet_for >= 0.5) \
+                    or (may_optimize and quiet_for >= 3.0):
+                return record
+            if now >= deadline:
+                return record
+            time.sleep(0.1)
+
+    def _trigger_and_count(self) -> None:
+        r, opt, st = self.report, self.opt, self.run_state
+        trigger = opt.trigger or DEFAULT_TRIGGER
+        mark = self.m.console.mark()
+        res = self.m.run(trigger, 60)
+        r.probe["trigger"] = {"command": trigger, "status": res.status}
+        if not opt.builtin_template:
+            r.hits = None
+            r.check("handler hits", None, "a user's module: hits are not counted (no vmprobe nonce)")
+            return
+        pattern = rf"vmprobe-hit nonce={st.nonce} handler=pre "
+        try:
+            self.m.console.expect(pattern, opt.hit_timeout, since=mark, error=CommandTimeout,
+                                  what=f"a pre-handler line after {trigger!r}")
+        except CommandTimeout:
+            pass
+        time.sleep(0.2)  # lines of the same burst still draining
+        r.hits = self.m.console.count(pattern, since=mark)
+        post = self.m.console.count(rf"vmprobe-hit nonce={st.nonce} handler=post ", since=mark)
+        r.probe["post_hits"] = post
+        detail = f"{r.hits} pre-handler lines"
+        if opt.post_handler:
+            detail += f", {post} post-handler lines"
+        r.check("handler hits", r.hits > 0, detail)
+        m = re.search(rf"vmprobe-hit nonce={st.nonce} handler=pre addr=([0-9a-f]+) ip=([0-9a-f]+)",
+                      self.m.console.since(mark))
+        if m:
+            r.probe["handler_addr"] = f"{int(m[1], 16):#x}"
+            r.check("handler sees the probe address", int(m[1], 16) == st.address,
+                    f"p->addr {int(m[1], 16):#x}")
+        if opt.post_handler:
+            dump = self.m.console.count(rf"vmprobe-task nonce={st.nonce} ", since=self._start_mark)
+            r.probe["task_dump_lines"] = dump
+            r.check("task dump from the post handler", dump > 0, f"{dump} tasks listed")
+
+    def _registers_at_hit(self) -> None:
+        r, st, p = self.report, self.run_state, self.m.profile
+        trigger = self.opt.trigger or DEFAULT_TRIGGER
+        # The command is started first and told to go after the breakpoint is
+        # set: starting it means a fork in the guest, which would hit the
+        # breakpoint before the SSH server could answer the request.
+        channel = self.m.ssh.start(f"read -r _go; {trigger}")
+        number = self.gdb.hbreak(st.address)
+        channel.sendall(b"go\n")
+        try:
+            stop = self.gdb.wait_stopped(20, f"the hardware breakpoint at {st.address:#x} to hit")
+            regs = self.gdb.registers([p.pc_register, p.flags_register])
+        finally:
+            with contextlib.suppress(GdbError):
+                self.gdb.delete(number)
+            self.gdb.cont()
+        self.m.ssh.wait(channel, trigger, 60)
+        pc, flags = regs[p.pc_register], regs[p.flags_register]
+        r.registers_at_hit = {"pc": f"{pc:#x}", "flags": f"{flags:#x}",
+                              "names": [p.pc_register, p.flags_register],
+                              "reason": stop.get("reason")}
+        r.check("pc at the hit is the probe address", pc == st.address, f"{p.pc_register}={pc:#x}")
+
+    def _sysrq(self) -> None:
+        r = self.report
+        marker = r"sysrq: Show Blocked State"
+        mark = self.m.console.mark()
+        self.m.run("echo w > /proc/sysrq-trigger", 15)
+        ok_proc = self._saw(marker, mark, "SysRq-W through /proc/sysrq-trigger")
+        self.m.run("echo 1 > /proc/sys/kernel/sysrq", 15)
+        mark = self.m.console.mark()
+        self.m.qmp.cmd("send-key", keys=[{"type": "qcode", "data": k} for k in ("alt", "sysrq", "w")])
+        ok_key = self._saw(marker, mark, "SysRq-W through QMP send-key")
+        r.sysrq = {"proc": ok_proc, "send_key": ok_key}
+        r.check("SysRq-W via /proc/sysrq-trigger", ok_proc)
+        r.check("SysRq-W via QMP send-key (alt-sysrq-w)", ok_key)
+
+    def _saw(self, pattern: str, mark: int, what: str) -> bool:
+        try:
+            self.m.console.expect(pattern, 10, since=mark, what=what, error=CommandTimeout)
+            return True
+        except CommandTimeout:
+            return False
+
+    def _rmmod(self) -> None:
+        r, st = self.report, self.run_state
+        mark = self.m.console.mark()
+        res = self.m.run(f"rmmod {self.module.name}", 60)
+        r.check("rmmod", res.status == 0, res.output.strip())
+        if res.status == 0:
+            self._loaded = False
+        if self.opt.builtin_template and res.status == 0:
+            m = self.m.console.expect(rf"vmprobe-disarmed nonce={st.nonce} .*pre_hits=(\d+) "
+                                      rf"post_hits=(\d+) nmissed=(\d+)", 15, since=mark,
+                                      what="the module's 'disarmed' line", error=CommandTimeout)
+            r.probe["total_hits"] = {"pre": int(m[1]), "post": int(m[2]), "nmissed": int(m[3])}
+        listed = self._record()
+        r.check("gone from kprobes/list after rmmod", listed is None)
+
+    def _wait_restored(self, baseline: bytes, timeout: float = 10) -> bytes:
+        deadline = time.monotonic() + timeout
+        while True:
+            now = self._read_site()
+            if now == baseline or time.monotonic() >= deadline:
+                return now
+            time.sleep(0.1)
+
+    def _cleanup(self) -> None:
+        if self._loaded:
+            with contextlib.suppress(Exception):
+                self.m.run(f"rmmod {self.module.name}", 15)
+        if self.gdb:
+            self.gdb.close()
+            self.gdb = None
+
+
+def run_probe_check(machine: Machine, module: Module, options: ProbeOptions | None = None,
+                    log=None) -> ProbeReport:
+    """Run the whole check on a booted machine; returns the report (raises on vmprobe errors)."""
+    return ProbeCheck(machine, module, options or ProbeOptions(), log).run()
+
+
+__all__ = ["FORK_SYMBOLS", "ProbeOptions", "ProbeCheck", "fork_symbol", "run_probe_check"]
