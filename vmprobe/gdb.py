@@ -23,7 +23,8 @@ class Gdb:
     def __init__(self, gdb_binary: str = "gdb", arch: str | None = None):
         if not shutil.which(gdb_binary):
             raise ConfigError(f"{gdb_binary} not found: install gdb (gdb-multiarch for foreign guests)")
-        self._gdb = GdbController(command=[gdb_binary, "--nx", "--quiet", "--interpreter=mi3"])
+        self._gdb = GdbController(command=[gdb_binary, "--nx", "--quiet", "--interpreter=mi3"],
+                                  time_to_check_for_additional_output_sec=0.01)
         self._tokens = itertools.count(100)
         self._async: list[dict] = []
         self.running = False
@@ -44,7 +45,7 @@ class Gdb:
             raise GdbError(f"gdb is gone (sending {cmd!r}): {exc}") from None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for record in self._read(min(0.2, max(0.01, deadline - time.monotonic()))):
+            for record in self._read(min(0.05, max(0.01, deadline - time.monotonic()))):
                 if record.get("type") == "result" and record.get("token") == token:
                     if record.get("message") == "error":
                         raise GdbError(f"gdb refused {cmd!r}: {record['payload'].get('msg')}")
@@ -73,7 +74,7 @@ class Gdb:
                 return self._async.pop(0)["payload"]
             if time.monotonic() >= deadline:
                 raise GdbError(f"timed out after {timeout:.0f}s waiting for {what}")
-            self._read(0.1)
+            self._read(0.05)
 
     # -- session -------------------------------------------------------------
     def attach(self, target: Path | str, timeout: float = 20) -> None:

@@ -56,26 +56,28 @@ class _Run:
     baseline: bytes = b""     # read at `requested`, SITE_WINDOW + SLACK bytes
 
 
-def fork_symbol(machine: Machine) -> str:
-    """The kernel's central fork function, confirmed against /proc/kallsyms."""
-    out = machine.run("grep -wE 'kernel_clone|_do_fork|do_fork' /proc/kallsyms", 15).stdout
-    present = {line.split()[2] for line in out.splitlines() if len(line.split()) >= 3}
+def resolve_symbols(machine: Machine, names: list[str]) -> dict[str, int]:
+    """Text addresses of ``names`` from /proc/kallsyms, first match each (as
+    kallsyms_lookup_name returns); one pass over kallsyms, which is slow under TCG."""
+    names = [n for n in names if re.fullmatch(r"[\w.$]+", n)]
+    if not names:
+        return {}
+    alternation = "|".join(re.escape(n) for n in names)
+    out = machine.run(f"grep -E ' [tTwW] ({alternation})( |$)' /proc/kallsyms", 30).stdout
+    found: dict[str, int] = {}
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[2] in names and fields[2] not in found:
+            found[fields[2]] = int(fields[0], 16)
+    return found
+
+
+def fork_symbol(kernel_release: str, present: dict[str, int]) -> str:
+    """The kernel's central fork function among those found in kallsyms."""
     for name in FORK_SYMBOLS:
         if name in present:
             return name
-    raise VmprobeError(f"none of {', '.join(FORK_SYMBOLS)} is in /proc/kallsyms of {machine.kernel.release}")
-
-
-def kallsyms_address(machine: Machine, symbol: str) -> int | None:
-    """First text address of ``symbol`` (what kallsyms_lookup_name returns), or None."""
-    if not re.fullmatch(r"[\w.$]+", symbol):
-        return None
-    out = machine.run(f"grep -E ' [tTwW] {re.escape(symbol)}( |$)' /proc/kallsyms", 15).stdout
-    for line in out.splitlines():
-        fields = line.split()
-        if len(fields) >= 3 and fields[2] == symbol:
-            return int(fields[0], 16)
-    return None
+    raise VmprobeError(f"none of {', '.join(FORK_SYMBOLS)} is in /proc/kallsyms of {kernel_release}")
 
 
 class ProbeCheck:
@@ -129,8 +131,9 @@ class ProbeCheck:
     def _run(self) -> None:
         r, st, opt = self.report, self.run_state, self.opt
         with self.phase("resolve"):
-            symbol = opt.symbol or fork_symbol(self.m)
-            base = kallsyms_address(self.m, symbol)
+            found = resolve_symbols(self.m, [opt.symbol] if opt.symbol else list(FORK_SYMBOLS))
+            symbol = opt.symbol or fork_symbol(self.m.kernel.release, found)
+            base = found.get(symbol)
             r.probe = {"symbol": symbol, "offset": opt.offset, "post_handler": opt.post_handler,
                        "module": self.module.name}
         if base is None:
@@ -388,4 +391,4 @@ def run_probe_check(machine: Machine, module: Module, options: ProbeOptions | No
     return ProbeCheck(machine, module, options or ProbeOptions(), log).run()
 
 
-__all__ = ["FORK_SYMBOLS", "ProbeOptions", "ProbeCheck", "fork_symbol", "run_probe_check"]
+__all__ = ["FORK_SYMBOLS", "ProbeOptions", "ProbeCheck", "fork_symbol", "resolve_symbols", "run_probe_check"]
