@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import logging
 import os
 import secrets
 import select
@@ -35,6 +36,7 @@ from .kernels import Kernel
 from .ssh import GuestSsh, RunKeys
 
 READY = r"VMPROBE-READY {nonce}\b"
+logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)  # failures surface as QemuError
 _live: "weakref.WeakSet[Machine]" = weakref.WeakSet()
 
 
@@ -133,7 +135,7 @@ class Machine:
     def _qemu_command(self, initrd: Path, qmp_path: Path) -> list[str]:
         p = self.profile
         append = [f"console={p.console},115200", "panic=-1",
-                  *p.append, "cryptomgr.notests", "quiet", f"vmprobe.nonce={self.nonce}",
+                  *p.append, "cryptomgr.notests", f"vmprobe.nonce={self.nonce}",
                   *self.extra_append]
         net = (f"user,id=net0,restrict=on,"
                f"hostfwd=tcp:127.0.0.1:{self.ssh_port}-10.0.2.15:22")
@@ -195,7 +197,14 @@ class Machine:
         finally:
             listener.close()
         self.qmp = QEMUMonitorProtocol(conn)
-        self.qmp.connect(negotiate=True)
+        try:
+            self.qmp.connect(negotiate=True)
+        except Exception as exc:  # QEMU quit during start-up (bad device, bad option…)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(5)
+            raise QemuError(f"QEMU exited with status {self.proc.poll()} at start-up: "
+                            f"{self.qemu_stderr().strip()[-500:] or exc}",
+                            detail=" ".join(self.command_line)) from None
         self.qmp.settimeout(10)
 
     def qemu_stderr(self) -> str:

@@ -168,6 +168,9 @@ class GuestSsh:
                 if not got:
                     self._transport()
             status = channel.recv_exit_status()
+            if status == -1 and not channel.status_event.is_set():
+                raise SshError(f"the SSH connection to the guest dropped while running {command!r}",
+                               detail=(out + err).decode(errors="replace")[-2000:] or None)
         finally:
             channel.close()
         result = CommandResult(status, out.decode(errors="replace"), err.decode(errors="replace"))

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Set up a Debian 12 host (as root) for vmprobe: the system packages it drives
+# (QEMU, gdb, the guest's busybox and SSH server, the module toolchain) via
+# apt-get, and vmprobe itself with its Python dependencies in ./.venv.
+# Idempotent and quick when everything is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(
+  qemu-system-x86 gdb                              # the VM and its debugger
+  busybox-static dropbear-bin openssh-sftp-server  # the guest's userland and SSH/SFTP server
+  gcc-12 make libelf-dev bc flex bison             # out-of-tree kprobe module builds
+  cpio kmod xz-utils zstd                          # inspecting initramfs and modules
+  python3 python3-venv python3-pip ca-certificates debian-archive-keyring
+)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q </dev/null
+  apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null
+fi
+
+stamp=.venv/.vmprobe-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [[ ! -x .venv/bin/python || ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
+  echo "setup: installing vmprobe and its Python dependencies into .venv" >&2
+  python3 -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip </dev/null
+  .venv/bin/python -m pip install -q -e '.[test]' </dev/null
+  echo "$want" > "$stamp"
+fi

@@ -1,0 +1,86 @@
+"""The probe check on a real bookworm guest: each mechanism, and each refusal."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vmprobe import modules
+from vmprobe.errors import ModuleBuildError, ModuleLoadError
+from vmprobe.probe import ProbeOptions, run_probe_check
+
+
+@pytest.mark.parametrize("offset, post, mechanism, first_byte, flag", [
+    (0, True, "ftrace", "e8", "FTRACE"),
+    (5, True, "int3", "cc", None),
+    (5, False, "optimized", "e9", "OPTIMIZED"),
+])
+def test_mechanism(vm, fork_module, offset, post, mechanism, first_byte, flag):
+    report = run_probe_check(vm, fork_module, ProbeOptions(offset=offset, post_handler=post))
+    d = report.to_dict()
+    assert d["verdict"] == "pass", report.summary()
+    assert d["probe"]["symbol"] == "kernel_clone"
+    assert d["probe"]["mechanism"] == mechanism
+    assert d["bytes"]["armed"].startswith(first_byte)
+    assert d["bytes"]["after"] == d["bytes"]["before"]
+    assert d["bytes"]["armed"] != d["bytes"]["before"]
+    assert (flag in d["probe"]["list_flags"]) if flag else not d["probe"]["list_flags"]
+    assert d["hits"] > 0
+    assert int(d["registers_at_hit"]["pc"], 16) == int(d["probe"]["address"], 16)
+    assert d["sysrq"] == {"proc": True, "send_key": True}
+    assert d["crashes"] == []
+    if post:
+        assert d["probe"]["post_hits"] > 0 and d["probe"]["task_dump_lines"] > 0
+    # the guest is left clean for the next check
+    assert vm.run("cat /sys/kernel/debug/kprobes/list").stdout.strip() == ""
+
+
+@pytest.mark.parametrize("symbol, offset, message", [
+    ("no_such_function_xyz", 0, r"symbol no_such_function_xyz not found in kernel 6\.1\.0-"),
+    ("kernel_clone", 1, r"offset 1 into kernel_clone is not an instruction boundary.*EILSEQ"),
+    ("kprobe_int3_handler", 0, r"kprobe_int3_handler\+0 cannot be probed.*blacklist.*EINVAL"),
+])
+def test_refusals_are_specific(vm, fork_module, symbol, offset, message):
+    with pytest.raises(ModuleLoadError, match=message):
+        run_probe_check(vm, fork_module, ProbeOptions(symbol=symbol, offset=offset))
+    assert "vmprobe_fork" not in vm.run("cat /proc/modules").stdout
+    assert vm.run("cat /sys/kernel/debug/kprobes/list").stdout.strip() == ""
+
+
+def test_module_that_does_not_compile(kernel, tmp_path):
+    src = tmp_path / "broken.c"
+    src.write_text('#include <linux/module.h>\nint f(void) { return undeclared_thing; }\n'
+                   'MODULE_LICENSE("GPL");\n')
+    with pytest.raises(ModuleBuildError, match=rf"{src}:2:\d+: error: .*undeclared_thing"):
+        modules.build(src, kernel)
+
+
+def test_ko_for_another_kernel_is_refused_before_insmod(kernel, fork_module, tmp_path):
+    data = fork_module.path.read_bytes()
+    other = data.replace(kernel.release.encode(), kernel.release.replace("-56-", "-99-").encode())
+    assert other != data
+    ko = tmp_path / "other.ko"
+    ko.write_bytes(other)
+    with pytest.raises(ModuleBuildError, match="built for another kernel"):
+        modules.build(ko, kernel)
+
+
+def test_probe_cli_end_to_end(tmp_path, vmprobe_cli, accel, no_leaks):
+    out = tmp_path / "report.json"
+    res = vmprobe_cli("probe", "--kernel", "debian:bookworm", "--accel", accel, "--json", str(out),
+                      "--expect-mechanism", "ftrace")
+    assert res.returncode == 0, res.stdout + res.stderr
+    d = json.loads(out.read_text())
+    assert d["verdict"] == "pass"
+    assert d["kernel"]["release"].startswith("6.1.0-") and d["kernel"]["arch"] == "x86_64"
+    for key in ("symbol", "offset", "address", "mechanism", "list_flags"):
+        assert key in d["probe"]
+    assert set(d["bytes"]) == {"before", "armed", "after"}
+    assert {"pc", "flags"} <= set(d["registers_at_hit"])
+    assert d["timings"]["build"] >= 0 and "PASS" in res.stdout
+
+
+def test_probe_cli_unknown_symbol_exit_code(vmprobe_cli, accel, no_leaks):
+    res = vmprobe_cli("probe", "--kernel", "debian:bookworm", "--accel", accel, "--symbol", "nope_nope")
+    assert res.returncode == 75, res.stderr
+    assert "symbol nope_nope not found in kernel 6.1.0-" in res.stderr

@@ -1,0 +1,222 @@
+"""The ``vmprobe`` command line: a thin face over kernels, Machine and ProbeCheck."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import select
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from . import modules
+from .accel import CHOICES as ACCEL_CHOICES
+from .errors import EXIT_CODES, EXIT_INTERRUPTED, VmprobeError
+from .kernels import DEFAULT_SPEC, get_kernel, list_kernels
+from .machine import Machine, install_signal_handlers
+from .probe import ProbeCheck, ProbeOptions
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def _machine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kernel", "-k", default=DEFAULT_SPEC,
+                   help=f"kernel spec, e.g. debian:bookworm, debian:bookworm/cloud-amd64@6.1.0-56 "
+                        f"(default {DEFAULT_SPEC})")
+    p.add_argument("--accel", choices=ACCEL_CHOICES, default=os.environ.get("VMPROBE_ACCEL", "auto"),
+                   help="kvm, tcg, or auto: KVM only if a real test boot works (default auto)")
+    p.add_argument("--smp", type=int, default=1, help="guest CPUs (default 1: fastest under TCG)")
+    p.add_argument("--memory", default="1G", help="guest memory (default 1G)")
+    p.add_argument("--boot-timeout", type=float, default=120, help="seconds to reach READY (default 120)")
+    p.add_argument("--append", action="append", default=[], help="extra kernel command-line argument")
+    p.add_argument("--console-log", type=Path, help="save the guest's serial console to this file")
+
+
+def _machine(args, kernel) -> Machine:
+    return Machine(kernel, accel=args.accel, smp=args.smp, memory=args.memory,
+                   boot_timeout=args.boot_timeout, append=tuple(args.append), log=_log)
+
+
+def _save_console(machine: Machine, path: Path | None) -> None:
+    if path and machine.console:
+        path.write_text(machine.console.text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    codes = "\n".join(f"  {code:>3}  {name}" for name, code in sorted(EXIT_CODES.items(), key=lambda x: x[1]))
+    parser = argparse.ArgumentParser(
+        prog="vmprobe", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Test Linux kprobe modules against real kernels in QEMU.",
+        epilog=f"exit codes of vmprobe's own failures:\n{codes}\n  130  interrupted\n"
+               f"(`vmprobe exec` otherwise exits with the guest command's status)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    kernels = sub.add_parser("kernels", help="list or fetch kernels")
+    ksub = kernels.add_subparsers(dest="kernels_command", required=True)
+    kl = ksub.add_parser("list", help="the catalog and what is cached")
+    kl.add_argument("--json", action="store_true")
+    kf = ksub.add_parser("fetch", help="download a kernel into the cache")
+    kf.add_argument("spec", nargs="?", default=DEFAULT_SPEC)
+    kf.add_argument("--refresh", action="store_true", help="refresh the archive's package lists first")
+
+    ex = sub.add_parser("exec", help="boot a kernel, run a command in it, exit with its status")
+    _machine_args(ex)
+    ex.add_argument("--timeout", type=float, default=600, help="seconds the command may run (default 600)")
+    ex.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS…]")
+
+    sh = sub.add_parser("shell", help="boot a kernel and open an interactive shell in it")
+    _machine_args(sh)
+
+    pr = sub.add_parser("probe", help="arm a kprobe in a VM and verify it end to end")
+    _machine_args(pr)
+    pr.add_argument("--symbol", help="function to probe (default: the kernel's fork function)")
+    pr.add_argument("--offset", type=_int, default=0, help="offset into the function (default 0)")
+    pr.add_argument("--no-post-handler", dest="post_handler", action="store_false",
+                    help="no post handler (lets x86 optimize the probe into a jump)")
+    pr.add_argument("--module", type=Path,
+                    help="your own module: a .c file, a directory with a Kbuild, or a built .ko")
+    pr.add_argument("--module-params", default="", help="parameters for insmod of --module")
+    pr.add_argument("--trigger", help="command that makes the probe fire (default: forks)")
+    pr.add_argument("--no-sysrq", dest="sysrq", action="store_false", help="skip the SysRq checks")
+    pr.add_argument("--expect-mechanism", choices=("int3", "optimized", "ftrace", "brk"),
+                    help="fail unless the probe is armed this way")
+    pr.add_argument("--json", type=Path, help="write the report as JSON here")
+    return parser
+
+
+def cmd_kernels(args) -> int:
+    if args.kernels_command == "list":
+        rows = list_kernels()
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        print(f"{'SPEC':36} {'SERIES':7} {'ARCH':6} CACHED")
+        for row in rows:
+            spec = row["spec"] + (" (default)" if row["default"] else "")
+            print(f"{spec:36} {row['series']:7} {row['arch']:6} {', '.join(row['cached']) or '-'}")
+        return 0
+    kernel = get_kernel(args.spec, refresh=args.refresh, log=_log)
+    print(f"{kernel.spec} {kernel.release} {kernel.version} {kernel.arch} -> {kernel.root}")
+    return 0
+
+
+def cmd_exec(args) -> int:
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        raise SystemExit("vmprobe exec: give a command after --, e.g. vmprobe exec -- uname -r")
+    command = cmd[0] if len(cmd) == 1 else shlex.join(cmd)
+    kernel = get_kernel(args.kernel, log=_log)
+    machine = _machine(args, kernel)
+    try:
+        with machine:
+            result = machine.run(command, args.timeout, stdout=sys.stdout.buffer, stderr=sys.stderr.buffer)
+        return result.status
+    finally:
+        _save_console(machine, args.console_log)
+
+
+def cmd_shell(args) -> int:
+    kernel = get_kernel(args.kernel, log=_log)
+    machine = _machine(args, kernel)
+    try:
+        with machine:
+            _log(f"vmprobe: {kernel.release} is up; exit the shell to stop the VM")
+            return _interactive(machine)
+    finally:
+        _save_console(machine, args.console_log)
+
+
+def _interactive(machine: Machine) -> int:
+    """A shell on a pty in the guest, with the local terminal in raw mode."""
+    import termios
+    import tty
+
+    if not sys.stdin.isatty():
+        return machine.run("sh -s", 3600, stdout=sys.stdout.buffer, stderr=sys.stderr.buffer).status
+    size = shutil.get_terminal_size()
+    channel = machine.ssh._transport().open_session()
+    channel.get_pty(term=os.environ.get("TERM", "vt100"), width=size.columns, height=size.lines)
+    channel.invoke_shell()
+    saved = termios.tcgetattr(sys.stdin)
+    try:
+        tty.setraw(sys.stdin.fileno())
+        while not channel.exit_status_ready():
+            ready, _, _ = select.select([sys.stdin, channel], [], [], 0.5)
+            if channel in ready:
+                data = channel.recv(65536)
+                if not data:
+                    break
+                os.write(sys.stdout.fileno(), data)
+            if sys.stdin in ready:
+                data = os.read(sys.stdin.fileno(), 1024)
+                if not data:
+                    break
+                channel.sendall(data)
+    finally:
+        termios.tcsetattr(sys.stdin, termios.TCSADRAIN, saved)
+    return channel.recv_exit_status() if channel.exit_status_ready() else 0
+
+
+def cmd_probe(args) -> int:
+    kernel = get_kernel(args.kernel, log=_log)
+    t0 = time.monotonic()
+    source = args.module or modules.FORK_PROBE
+    module = modules.build(source, kernel, log=_log)[0]
+    build_time = time.monotonic() - t0
+    options = ProbeOptions(symbol=args.symbol, offset=args.offset, post_handler=args.post_handler,
+                           trigger=args.trigger, module_params=args.module_params,
+                           builtin_template=args.module is None, sysrq=args.sysrq)
+    machine = _machine(args, kernel)
+    check = None
+    try:
+        with machine:
+            check = ProbeCheck(machine, module, options, log=_log)
+            report = check.run()
+    except VmprobeError:
+        if check and args.json:
+            check.report.write_json(args.json)
+        raise
+    finally:
+        _save_console(machine, args.console_log)
+    report.timings = {"build": build_time, **{f"vm-{k}": v for k, v in machine.timings.items()},
+                      **report.timings}
+    if args.expect_mechanism:
+        got = report.probe.get("mechanism")
+        report.check(f"mechanism is {args.expect_mechanism}", got == args.expect_mechanism, f"got {got}")
+    print(report.summary())
+    if args.json:
+        report.write_json(args.json)
+    return 0 if report.verdict == "pass" else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    install_signal_handlers()
+    args = build_parser().parse_args(argv)
+    handler = {"kernels": cmd_kernels, "exec": cmd_exec, "shell": cmd_shell, "probe": cmd_probe}
+    try:
+        return handler[args.command](args)
+    except VmprobeError as exc:
+        print(exc.render(), file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("vmprobe: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
