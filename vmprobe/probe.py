@@ -254,7 +254,13 @@ class ProbeCheck:
         return None
 
     def _settle(self) -> ProbeRecord | None:
-        """Poll the list until its flags for our probe stop changing (optimizer done)."""
+        """Read the list until our probe's flags are final.
+
+        A probe with a post handler, or one on an ftrace site, is armed for good
+        when register_kprobe returns. Otherwise x86 may replace the int3 with a
+        jump a few jiffies later (the optimizer): wait for [OPTIMIZED], or for
+        the flags to stay put long enough that it is not coming.
+        """
         opt = self.opt
         may_optimize = (not opt.post_handler and self.m.kernel.kconfig.get("CONFIG_OPTPROBES") == "y")
         deadline = time.monotonic() + opt.settle_timeout
@@ -265,14 +271,10 @@ class ProbeCheck:
             now = time.monotonic()
             if flags != last:
                 last, stable_since = flags, now
-            settled = "OPTIMIZED" in (flags or ()) or "FTRACE" in (flags or ())
-            quiet_for = now - stable_since
-            if settled and quiet_for >= 0.2 or (not may_optimize and quiet_for >= 0.5) \
-                    or (may_optimize and quiet_for >= 3.0):
+            final = record is not None and (not may_optimize or "OPTIMIZED" in flags or "FTRACE" in flags)
+            if final or now - stable_since >= 3.0 or now >= deadline:
                 return record
-            if now >= deadline:
-                return record
-            time.sleep(0.1)
+            time.sleep(0.05)
 
     def _trigger_and_count(self) -> None:
         r, opt, st = self.report, self.opt, self.run_state

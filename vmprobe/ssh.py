@@ -168,9 +168,12 @@ class GuestSsh:
                 if not got:
                     self._transport()
             status = channel.recv_exit_status()
-            if status == -1 and not channel.status_event.is_set():
-                raise SshError(f"the SSH connection to the guest dropped while running {command!r}",
-                               detail=(out + err).decode(errors="replace")[-2000:] or None)
+            if status == -1:  # the channel closed without an exit status
+                transport = self.client.get_transport() if self.client else None
+                if transport is None or not transport.is_active():
+                    raise SshError(f"the SSH connection to the guest dropped while running {command!r}",
+                                   detail=(out + err).decode(errors="replace")[-2000:] or None)
+                status = 255  # killed by a signal (exit-signal), as ssh(1) reports it
         finally:
             channel.close()
         result = CommandResult(status, out.decode(errors="replace"), err.decode(errors="replace"))

@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""Boot and probe timings, all in one run so the ratios are fair.
+
+Prints a table and writes JSON (``--json``). Figures (median of ``--runs``):
+
+* raw floor: the same kernel and QEMU arguments, an initramfs whose init
+  powers off at once; wall time of the whole QEMU process;
+* cold ``vmprobe exec -- true``: the whole CLI process (boot, SSH, command, stop);
+* cold ``vmprobe probe``: the whole CLI process with the module already built;
+* probe cycle on a live VM: insmod → verify → trigger → rmmod → verify, with
+  SysRq and the register check off (they are checks, not the cycle);
+* SSH handshake: connecting to an already booted guest.
+
+Usage: benchmarks/boot_and_probe.py [--runs 3] [--accel tcg] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from vmprobe import modules
+from vmprobe.accel import choose_accel
+from vmprobe.arch import profile_for
+from vmprobe.cpio import NewcArchive
+from vmprobe.kernels import get_kernel
+from vmprobe.machine import Machine
+from vmprobe.probe import ProbeOptions, run_probe_check
+from vmprobe.ssh import GuestSsh
+
+
+def raw_floor(kernel, accel: str) -> float:
+    """QEMU with the same kernel and machine, an init that powers off at once."""
+    p = profile_for(kernel.arch)
+    a = NewcArchive()
+    a.dir("bin")
+    a.dir("proc")
+    a.chardev("dev/console", 5, 1)
+    a.file("bin/busybox", Path("/bin/busybox").read_bytes(), 0o755)
+    a.file("init", b"#!/bin/busybox sh\n/bin/busybox poweroff -f\n", 0o755)
+    with tempfile.TemporaryDirectory(prefix="vmprobe-bench-") as tmp:
+        initrd = Path(tmp) / "initrd"
+        initrd.write_bytes(a.gzipped())
+        cmd = [p.qemu, "-M", p.machine, "-accel", accel, "-cpu", p.cpu_kvm if accel == "kvm" else p.cpu_tcg,
+               "-smp", "1", "-m", "1G", "-nodefaults", "-no-user-config", "-display", "none",
+               "-no-reboot", "-kernel", str(kernel.image_path), "-initrd", str(initrd),
+               "-append", f"console={p.console},115200 panic=-1 {' '.join(p.append)} cryptomgr.notests",
+               "-chardev", f"file,id=c,path={tmp}/console.log", "-serial", "chardev:c"]
+        t0 = time.monotonic()
+        subprocess.run(cmd, check=True, timeout=120, stdin=subprocess.DEVNULL)
+        return time.monotonic() - t0
+
+
+def cli(*args: str) -> float:
+    t0 = time.monotonic()
+    subprocess.run([sys.executable, "-m", "vmprobe", *args], check=True, timeout=300,
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.monotonic() - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--kernel", default="debian:bookworm")
+    ap.add_argument("--accel", default="auto")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    kernel = get_kernel(args.kernel)
+    module = modules.build(modules.FORK_PROBE, kernel)[0]
+    accel = choose_accel(args.accel, profile_for(kernel.arch), kernel.image_path)
+    samples: dict[str, list[float]] = {k: [] for k in
+                                       ("raw_floor", "exec_true_cold", "probe_cold", "ssh_handshake",
+                                        "probe_cycle_live")}
+    for _ in range(args.runs):
+        samples["raw_floor"].append(raw_floor(kernel, accel))
+        samples["exec_true_cold"].append(cli("exec", "--kernel", args.kernel, "--accel", accel, "--", "true"))
+        samples["probe_cold"].append(cli("probe", "--kernel", args.kernel, "--accel", accel))
+    with Machine(kernel, accel=accel) as m:
+        for _ in range(args.runs):
+            ssh = GuestSsh(m.ssh_port, m.ssh.keys)
+            t0 = time.monotonic()
+            ssh.connect(10)
+            samples["ssh_handshake"].append(time.monotonic() - t0)
+            ssh.close()
+        opts = ProbeOptions(offset=5, sysrq=False, registers=False)
+        run_probe_check(m, module, opts)  # warm: module copied once, symbols paged in
+        for _ in range(args.runs):
+            report = run_probe_check(m, module, opts)
+            assert report.verdict == "pass", report.summary()
+            cycle = sum(v for k, v in report.timings.items() if k != "resolve" and k != "gdb-attach")
+            samples["probe_cycle_live"].append(cycle)
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    ratios = {
+        "exec_true_cold / (raw_floor + ssh_handshake)": med["exec_true_cold"] / (med["raw_floor"] + med["ssh_handshake"]),
+        "exec_true_cold / raw_floor": med["exec_true_cold"] / med["raw_floor"],
+        "probe_cold / raw_floor": med["probe_cold"] / med["raw_floor"],
+    }
+    print(f"kernel {kernel.release}  accel {accel}  runs {args.runs} (medians)")
+    for k, v in med.items():
+        print(f"  {k:20} {v:7.2f} s   samples {', '.join(f'{x:.2f}' for x in samples[k])}")
+    for k, v in ratios.items():
+        print(f"  {k:45} {v:5.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps({"kernel": kernel.release, "accel": accel, "samples": samples,
+                                         "medians": med, "ratios": ratios}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
