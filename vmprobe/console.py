@@ -56,7 +56,8 @@ class Console:
         return "\n".join(self.refresh().rstrip("\n").splitlines()[-lines:])
 
     def count(self, pattern: str | re.Pattern, since: int = 0) -> int:
-        return len(re.findall(pattern, self.since(since), re.M))
+        rx = re.compile(pattern, re.M) if isinstance(pattern, str) else pattern
+        return len(rx.findall(self.since(since)))
 
     def expect(self, pattern: str | re.Pattern, timeout: float, *, what: str, since: int = 0,
                error: type[VmprobeError] = BootTimeout, fail_on_crash: bool = True) -> re.Match:

@@ -27,7 +27,7 @@ FORMATS: list[tuple[str, str, bool, str]] = [
 ]
 _COMPILED = [(k, re.compile(r"(?:^|\]\s)" + rx, re.M), fatal, title) for k, rx, fatal, title in FORMATS]
 _END = re.compile(r"---\[ end (?:trace|Kernel panic)")
-_RIP = re.compile(r"\b(?:RIP|pc|EIP): (?:\d+:)?\[?<?[0-9a-fx]*>?\]?\s*([\w.]+)\+0x")
+_RIP = re.compile(r"\b(?:RIP|EIP|pc) ?: (?:[0-9a-f]{4}:)?(?:\[<[0-9a-f]+>\]\s*)?([A-Za-z_][\w.]*)\+0x")
 MAX_LINES = 60
 
 

@@ -22,7 +22,7 @@ _DEBUGFS = re.compile(
     r"(?:\s+(?P<mod>[^\s\[]+))?\s*(?P<flags>(?:\[[A-Z_]+\])*)\s*$")
 _SYSRQ = re.compile(
     r"\[<(?P<addr>[0-9a-fA-F]+)>\]\s+(?P<sym>[^\s+]+)\+0x(?P<off>[0-9a-fA-F]+)/0x(?P<size>[0-9a-fA-F]+)"
-    r"(?:\s+\[(?P<mod>[^\]]+)\])?(?:\s+(?P<handler>\S+))?")
+    r"(?:[ \t]+\[(?P<mod>[^\]]+)\])?(?:[ \t]+(?P<handler>\S+))?")
 
 
 @dataclass

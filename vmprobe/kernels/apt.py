@@ -12,7 +12,7 @@ import os
 import re
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import cache
@@ -31,6 +31,7 @@ class SourceEntry:
     uri: str
     suites: tuple[str, ...]
     signed_by: str | None = None
+    components: tuple[str, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,10 @@ def parse_one_line(text: str) -> list[SourceEntry]:
     entries = []
     for line in text.splitlines():
         line = line.split("#", 1)[0].strip()
-        if not line.startswith("deb "):
+        kind, _, rest = line.replace("\t", " ").partition(" ")
+        if kind != "deb":
             continue
-        rest = line[4:].strip()
+        rest = rest.strip()
         signed_by = None
         if rest.startswith("["):
             opts, _, rest = rest[1:].partition("]")
@@ -57,7 +59,7 @@ def parse_one_line(text: str) -> list[SourceEntry]:
                     signed_by = value
         fields = rest.split()
         if len(fields) >= 2:
-            entries.append(SourceEntry(fields[0], (fields[1],), signed_by))
+            entries.append(SourceEntry(fields[0], (fields[1],), signed_by, tuple(fields[2:])))
     return entries
 
 
@@ -71,7 +73,7 @@ def parse_deb822(text: str) -> list[SourceEntry]:
             if line.startswith("#") or not line.strip():
                 continue
             if line[0] in " \t" and key:
-                fields[key] += " " + line.strip()
+                fields[key] = (fields[key] + " " + line.strip()).strip()
                 continue
             key, _, value = line.partition(":")
             key = key.strip().lower()
@@ -84,7 +86,8 @@ def parse_deb822(text: str) -> list[SourceEntry]:
         if signed_by and not signed_by.startswith("/"):
             signed_by = None  # an inline key block: fall back to the keyring
         for uri in fields.get("uris", "").split():
-            entries.append(SourceEntry(uri, tuple(fields.get("suites", "").split()), signed_by))
+            entries.append(SourceEntry(uri, tuple(fields.get("suites", "").split()), signed_by,
+                                       tuple(fields.get("components", "").split())))
     return entries
 
 
@@ -103,10 +106,23 @@ def host_source_entries(etc: Path = Path("/etc/apt")) -> list[SourceEntry]:
     return entries
 
 
+def _is_debian_archive(entry: SourceEntry) -> bool:
+    """Debian's own archive: signed by Debian's keyring (or unsigned-by), with a main component.
+
+    A third-party repository can use a Debian codename as its suite (Docker
+    uses ``bookworm stable``); its own keyring or components give it away.
+    """
+    keyring_ok = entry.signed_by is None or "debian-archive" in entry.signed_by
+    components_ok = not entry.components or "main" in entry.components
+    return keyring_ok and components_ok
+
+
 def pick_mirrors(entries: list[SourceEntry]) -> tuple[SourceEntry | None, SourceEntry | None]:
     """The host's Debian archive entry and its security entry, if any."""
     debian = security = None
     for entry in entries:
+        if not _is_debian_archive(entry):
+            continue
         for suite in entry.suites:
             base = suite.split("/")[0].split("-")[0]
             if base not in _DEBIAN_CODENAMES:

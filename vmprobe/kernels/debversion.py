@@ -32,7 +32,7 @@ def _cmp_part(a: str, b: str) -> int:
 
 
 def _split(v: str) -> tuple[int, str, str]:
-    epoch, _, rest = v.rpartition(":") if ":" in v else ("0", "", v)
+    epoch, _, rest = v.partition(":") if ":" in v else ("0", "", v)
     upstream, _, revision = rest.rpartition("-") if "-" in rest else (rest, "", "0")
     return int(epoch or 0), upstream, revision
 

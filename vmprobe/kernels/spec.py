@@ -44,7 +44,7 @@ def parse_spec(text: str, catalog: Catalog | None = None) -> KernelSpec:
         raise SpecError(f"unknown flavour {flavour!r} for debian:{suite.name} in {text!r}; "
                         f"known flavours: {', '.join(sorted(suite.flavours))}")
     abi = m["abi"]
-    if abi and not abi.startswith(suite.series):
+    if abi and not re.match(rf"{re.escape(suite.series)}[.-]", abi):
         raise SpecError(f"ABI {abi!r} in {text!r} is not a {suite.series} kernel "
                         f"(debian:{suite.name} ships {suite.series}.x)")
     return KernelSpec("debian", suite.name, flavour, abi)
