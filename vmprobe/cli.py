@@ -143,8 +143,12 @@ def _interactive(machine: Machine) -> int:
     import termios
     import tty
 
-    if not sys.stdin.isatty():
-        return machine.run("sh -s", 3600, stdout=sys.stdout.buffer, stderr=sys.stderr.buffer).status
+    if not sys.stdin.isatty():  # a script on stdin: feed it to the guest's shell
+        channel = machine.ssh.start("sh -s")
+        channel.sendall(sys.stdin.buffer.read())
+        channel.shutdown_write()
+        return machine.ssh.wait(channel, "sh -s", 3600, stdout=sys.stdout.buffer,
+                                stderr=sys.stderr.buffer).status
     size = shutil.get_terminal_size()
     channel = machine.ssh._transport().open_session()
     channel.get_pty(term=os.environ.get("TERM", "vt100"), width=size.columns, height=size.lines)

@@ -130,3 +130,13 @@ def test_ssh_server_killed_in_guest(kernel, no_leaks, accel):
         with pytest.raises((SshError, paramiko.SSHException)):
             m.run("kill -9 $(cat /run/dropbear.pid); kill -9 $PPID; sleep 5", timeout=20)
             m.run("true", timeout=5)
+
+
+def test_shell_runs_a_script_from_stdin(kernel, no_leaks, accel):
+    import subprocess
+    import sys
+    res = subprocess.run([sys.executable, "-m", "vmprobe", "shell", "--accel", accel],
+                         input="uname -r\necho $((6*7))\nexit 3\n", capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 3, res.stderr
+    assert res.stdout.split() == [kernel.release, "42"]

@@ -221,6 +221,13 @@ class PrivateApt:
                 raise FetchError("apt refused the archive's signature", detail=out[-2000:])
             stamp.touch()
 
+    def lists_stamp(self) -> float:
+        """When the package lists were last refreshed (0 if never)."""
+        try:
+            return (self.root / "updated").stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
+
     def show(self, package: str) -> list[dict[str, str]]:
         """All versions of a package as dicts of control fields (newest first)."""
         try:

@@ -1,6 +1,7 @@
 """Debian kernels: resolve a spec in the archive, download, verify, extract, cache."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -87,11 +88,19 @@ class DebianProvider:
                 raise
             log(f"vmprobe: warning: archive unreachable ({exc.message}); using cached {cached[-1].name}")
             return Kernel.load(cached[-1])
+        remembered = self._remembered(apt, spec)
+        if remembered:
+            try:
+                return Kernel.load(remembered)
+            except FetchError as exc:
+                log(f"vmprobe: {exc.message}; fetching it again")
         abi, image = self.resolve(spec, apt)
         entry = self.entry_dir(spec, abi, image["Version"])
         if (entry / "kernel.json").exists():
             try:
-                return Kernel.load(entry)
+                kernel = Kernel.load(entry)
+                self._remember(apt, spec, entry)
+                return kernel
             except FetchError as exc:
                 log(f"vmprobe: {exc.message}; fetching it again")
         with cache.locked(entry):
@@ -104,7 +113,33 @@ class DebianProvider:
                 f"({image['Version']}) from {', '.join(sorted({u for u, _ in apt.sources}))}")
             with cache.staging(entry) as tmp:
                 self._download_and_extract(spec, suite, abi, image, apt, tmp)
-        return Kernel.load(entry)
+        kernel = Kernel.load(entry)
+        self._remember(apt, spec, entry)
+        return kernel
+
+    # Resolving a spec costs several apt-cache runs (≈1.5 s); the answer only
+    # changes when the package lists do, so it is remembered per lists update.
+    @staticmethod
+    def _resolutions(apt: PrivateApt) -> tuple[Path, dict, float]:
+        path = apt.root / "resolved.json"
+        stamp = apt.lists_stamp()
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        return path, (data if data.get("lists") == stamp else {"lists": stamp}), stamp
+
+    def _remembered(self, apt: PrivateApt, spec: KernelSpec) -> Path | None:
+        _, data, _ = self._resolutions(apt)
+        name = data.get(str(spec))
+        return cache_dir("kernels") / name if name else None
+
+    def _remember(self, apt: PrivateApt, spec: KernelSpec, entry: Path) -> None:
+        path, data, _ = self._resolutions(apt)
+        data[str(spec)] = entry.name
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
 
     def _download_and_extract(self, spec: KernelSpec, suite: Suite, abi: str, image: dict,
                               apt: PrivateApt, tmp: Path) -> None:
