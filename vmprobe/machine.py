@@ -28,6 +28,7 @@ from pathlib import Path
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from . import rootfs
+from .cache import sha256_file
 from .accel import choose_accel, qemu_version
 from .arch import ArchProfile, profile_for
 from .console import Console, raise_qemu_gone
@@ -81,6 +82,7 @@ class Machine:
         self.command_line: list[str] = []
         self.timings: dict[str, float] = {}
         self._qemu_stderr: Path | None = None
+        self._uploaded: dict[str, str] = {}  # guest path → sha256 of what we copied there
 
     # -- paths ---------------------------------------------------------------
     @property
@@ -252,6 +254,14 @@ class Machine:
         _live.discard(self)
 
     # -- conveniences --------------------------------------------------------
+    def upload(self, local: Path, remote: str, mode: int = 0o644) -> None:
+        """Copy a file in over SFTP, unless this boot already has the same bytes there."""
+        digest = sha256_file(local)
+        if self._uploaded.get(remote) == digest:
+            return
+        self.ssh.put(local, remote, mode)
+        self._uploaded[remote] = digest
+
     def run(self, command: str, timeout: float = 60, **kw):
         """Run a command in the guest over SSH (see GuestSsh.run)."""
         try:

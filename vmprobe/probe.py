@@ -197,7 +197,7 @@ class ProbeCheck:
     def _insmod(self, symbol: str) -> int:
         st, opt = self.run_state, self.opt
         remote = f"{GUEST_DIR}/{self.module.path.name}"
-        self.m.ssh.put(self.module.path, remote)
+        self.m.upload(self.module.path, remote)
         if opt.builtin_template:
             params = (f"symbol={symbol} offset={opt.offset} nonce={st.nonce} "
                       f"post={1 if opt.post_handler else 0}")
@@ -292,8 +292,7 @@ class ProbeCheck:
                                   what=f"a pre-handler line after {trigger!r}")
         except CommandTimeout:
             pass
-        time.sleep(0.2)  # lines of the same burst still draining
-        r.hits = self.m.console.count(pattern, since=mark)
+        r.hits = self._settled_count(pattern, mark)
         post = self.m.console.count(rf"vmprobe-hit nonce={st.nonce} handler=post ", since=mark)
         r.probe["post_hits"] = post
         detail = f"{r.hits} pre-handler lines"
@@ -310,6 +309,18 @@ class ProbeCheck:
             dump = self.m.console.count(rf"vmprobe-task nonce={st.nonce} ", since=self._start_mark)
             r.probe["task_dump_lines"] = dump
             r.check("task dump from the post handler", dump > 0, f"{dump} tasks listed")
+
+    def _settled_count(self, pattern: str, mark: int, quiet: float = 0.1, limit: float = 2.0) -> int:
+        """Count lines once the console has stopped adding them (a burst drains)."""
+        deadline = time.monotonic() + limit
+        count = self.m.console.count(pattern, since=mark)
+        while time.monotonic() < deadline:
+            time.sleep(quiet)
+            now = self.m.console.count(pattern, since=mark)
+            if now == count:
+                break
+            count = now
+        return count
 
     def _registers_at_hit(self) -> None:
         r, st, p = self.report, self.run_state, self.m.profile
