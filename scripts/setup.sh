@@ -11,6 +11,7 @@ PACKAGES=(
   busybox-static dropbear-bin openssh-sftp-server  # the guest's userland and SSH/SFTP server
   gcc-12 make libelf-dev bc flex bison             # out-of-tree kprobe module builds
   cpio kmod xz-utils zstd                          # inspecting initramfs and modules
+  debootstrap                                      # build chroots for kernels newer than the host (trixie, sid)
   python3 python3-venv python3-pip ca-certificates debian-archive-keyring
 )
 

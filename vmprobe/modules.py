@@ -19,6 +19,7 @@ from .config import TEMPLATES_DIR, cache_dir
 from .elf import modinfo, read_module
 from .errors import ConfigError, ModuleBuildError
 from .kernels import Kernel
+from .toolchain import build_env
 
 FORK_PROBE = TEMPLATES_DIR / "vmprobe_fork.c"
 BUILD_TIMEOUT = 600
@@ -80,11 +81,10 @@ def build(source: Path, kernel: Kernel, log=None) -> list[Module]:
         check_vermagic(module, kernel)
         return [module]
     base, files = _sources(source)
-    cc = shutil.which(kernel.cc)
-    if not cc:
+    if kernel.toolchain == "host" and not shutil.which(kernel.cc):
         raise ConfigError(f"{kernel.cc} not found: modules for {kernel.release} are built with it "
                           f"(apt-get install {kernel.cc})")
-    key = cache.digest("module-v1", kernel.spec, kernel.version, kernel.cc,
+    key = cache.digest("module-v1", kernel.spec, kernel.version, kernel.cc, kernel.toolchain,
                        *[f"{f.relative_to(base)}:{cache.sha256_file(f)}" for f in files])
     target = cache_dir("modules") / key
     if not target.exists():
@@ -106,31 +106,32 @@ def _kbuild(source: Path, base: Path, files: list[Path], kernel: Kernel, out: Pa
         shutil.copy2(f, dest)
     if source.is_file():
         (work / "Kbuild").write_text(f"obj-m := {source.stem}.o\n")
-    cmd = ["make", "-C", str(kernel.build_path), f"M={work}", f"CC={kernel.cc}", f"HOSTCC={kernel.cc}",
-           f"-j{os.cpu_count() or 1}", "modules"]
-    if log:
-        log(f"vmprobe: building {source.name} for {kernel.release} with {kernel.cc}")
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT,
-                              stdin=subprocess.DEVNULL, env=dict(os.environ, LC_ALL="C"))
-    except subprocess.TimeoutExpired:
-        raise ModuleBuildError(f"building {source} did not finish in {BUILD_TIMEOUT}s") from None
-    output = proc.stdout + proc.stderr
-    (out / "build.log").write_text(" ".join(cmd) + "\n" + output)
+    with build_env(kernel, work, log) as env:
+        cmd = ["make", "-C", env.build_dir, f"M={env.work_dir}", f"CC={kernel.cc}", f"HOSTCC={kernel.cc}",
+               f"-j{os.cpu_count() or 1}", "modules"]
+        if log:
+            log(f"vmprobe: building {source.name} for {kernel.release} with {kernel.cc} ({env.where})")
+        try:
+            proc = env.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT,
+                           stdin=subprocess.DEVNULL, env=dict(os.environ, LC_ALL="C"))
+        except subprocess.TimeoutExpired:
+            raise ModuleBuildError(f"building {source} did not finish in {BUILD_TIMEOUT}s") from None
+    output = _user_paths(proc.stdout + proc.stderr, env.work_dir, base)
+    (out / "build.log").write_text(" ".join(cmd) + f"\n# in {env.where}\n" + output)
     if proc.returncode != 0:
-        raise ModuleBuildError(_summarise(output, work, base, source, kernel),
-                               detail=_user_paths(output, work, base)[-4000:])
+        raise ModuleBuildError(_summarise(output, source, kernel), detail=output[-4000:])
     for ko in work.rglob("*.ko"):
         shutil.move(str(ko), out / ko.name)
     shutil.rmtree(work)
 
 
-def _user_paths(text: str, work: Path, base: Path) -> str:
+def _user_paths(text: str, work: str | Path, base: Path) -> str:
+    """Compiler output with the build copy's paths turned back into the user's."""
     return text.replace(str(work) + "/", str(base) + "/")
 
 
-def _summarise(output: str, work: Path, base: Path, source: Path, kernel: Kernel) -> str:
-    diags = list(_DIAG.finditer(_user_paths(output, work, base)))
+def _summarise(output: str, source: Path, kernel: Kernel) -> str:
+    diags = list(_DIAG.finditer(output))
     if not diags:
         return f"building {source} against {kernel.release} failed (see the build output)"
     first = diags[0]

@@ -56,20 +56,20 @@ def test_user_paths():
 
 
 def test_summarise_first_error_in_users_dir():
-    msg = _summarise(GCC_OUTPUT, WORK, USER, USER, KERNEL)
+    msg = _summarise(_user_paths(GCC_OUTPUT, WORK, USER), USER, KERNEL)
     assert msg == (f"{USER}/foo.c:12:5: error: implicit declaration of function 'bar' "
                    f"[-Werror=implicit-function-declaration] (+1 more)")
 
 
 def test_summarise_fatal_error_single():
     out = f"{WORK}/foo.c:3:10: fatal error: linux/nosuch.h: No such file or directory\ncompilation terminated.\n"
-    assert _summarise(out, WORK, USER, USER / "foo.c", KERNEL) == (
+    assert _summarise(_user_paths(out, WORK, USER), USER / "foo.c", KERNEL) == (
         f"{USER}/foo.c:3:10: fatal error: linux/nosuch.h: No such file or directory")
 
 
 def test_summarise_without_diagnostics():
     out = f'ERROR: modpost: "bar" [{WORK}/foo.ko] undefined!\nmake[2]: *** Error 1\n'
-    msg = _summarise(out, WORK, USER, USER, KERNEL)
+    msg = _summarise(_user_paths(out, WORK, USER), USER, KERNEL)
     assert msg == f"building {USER} against 6.1.0-13-cloud-amd64 failed (see the build output)"
 
 
@@ -114,7 +114,7 @@ def fake_kernel(tmp_path):
     mods = tmp_path / "lib/modules/6.1.0-13-cloud-amd64"
     (mods / "kernel/drivers/virtio").mkdir(parents=True)
     return SimpleNamespace(release="6.1.0-13-cloud-amd64", spec="debian:bookworm/cloud-amd64@6.1.0-13",
-                           modules_path=mods, cc="gcc-vmprobe-does-not-exist")
+                           modules_path=mods, cc="gcc-vmprobe-does-not-exist", toolchain="host")
 
 
 @needs_gcc

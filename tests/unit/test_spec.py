@@ -13,7 +13,7 @@ series = "6.12"
 suites = ["trixie", "trixie-updates"]
 security_suites = ["trixie-security"]
 default_flavour = "cloud-amd64"
-cc = "gcc-14"
+toolchain = { kind = "chroot", cc = "gcc-14", packages = ["gcc-14", "make"] }
 check_valid_until = false
 
 [trixie.flavours.cloud-amd64]
@@ -24,7 +24,7 @@ arch = "arm64"
 
 [trixie.packages]
 meta = "linux-image-{flavour}"
-image = "linux-image-{abi}-{flavour}-unsigned"
+images = ["linux-image-{abi}-{flavour}-unsigned"]
 headers = ["linux-headers-{abi}-{flavour}", "linux-headers-{abi}-common"]
 kbuild = "linux-kbuild-{series}"
 
@@ -32,14 +32,14 @@ kbuild = "linux-kbuild-{series}"
 series = "4.19"
 suites = ["buster"]
 default_flavour = "amd64"
-cc = "gcc-8"
+toolchain = { cc = "gcc-8" }
 
 [buster.flavours.amd64]
 arch = "amd64"
 
 [buster.packages]
 meta = "linux-image-{flavour}"
-image = "linux-image-{abi}-{flavour}"
+images = ["linux-image-{abi}-{flavour}"]
 headers = ["linux-headers-{abi}-{flavour}"]
 kbuild = "linux-kbuild-{series}"
 """

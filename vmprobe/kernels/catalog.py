@@ -19,9 +19,20 @@ class Flavour:
 @dataclass(frozen=True)
 class Packages:
     meta: str
-    image: str
+    images: tuple[str, ...]   # the first one's version pins the others
     headers: tuple[str, ...]
     kbuild: str
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    """How modules are built: with the host's compiler, or inside a chroot of
+    the kernel's own suite (when the kernel's compiler or kbuild's glibc is
+    newer than the host's)."""
+
+    kind: str                    # "host" | "chroot"
+    cc: str                      # compiler passed as CC=
+    packages: tuple[str, ...] = ()  # installed into the chroot
 
 
 @dataclass(frozen=True)
@@ -31,7 +42,7 @@ class Suite:
     suites: tuple[str, ...]
     security_suites: tuple[str, ...]
     default_flavour: str
-    cc: str
+    toolchain: Toolchain
     packages: Packages
     flavours: dict[str, Flavour] = field(default_factory=dict)
     check_valid_until: bool = True
@@ -49,14 +60,15 @@ class Catalog:
 def _suite(name: str, raw: dict, source: Path) -> Suite:
     try:
         pk = raw["packages"]
+        tc = raw["toolchain"]
         return Suite(
             name=name,
             series=raw["series"],
             suites=tuple(raw["suites"]),
             security_suites=tuple(raw.get("security_suites", ())),
             default_flavour=raw["default_flavour"],
-            cc=raw["cc"],
-            packages=Packages(pk["meta"], pk["image"], tuple(pk["headers"]), pk["kbuild"]),
+            toolchain=Toolchain(tc.get("kind", "host"), tc["cc"], tuple(tc.get("packages", ()))),
+            packages=Packages(pk["meta"], tuple(pk["images"]), tuple(pk["headers"]), pk["kbuild"]),
             flavours={fl: Flavour(fl, v["arch"]) for fl, v in raw["flavours"].items()},
             check_valid_until=raw.get("check_valid_until", True),
         )

@@ -56,7 +56,7 @@ class DebianProvider:
                 raise FetchError(f"cannot tell the current ABI of {spec}: {meta['Package']} "
                                  f"depends on {meta.get('Depends')!r}")
             abi = m[1]
-        image_pkg = suite.packages.image.format(**suite.names(spec.flavour, abi))
+        image_pkg = suite.packages.images[0].format(**suite.names(spec.flavour, abi))
         if not apt.show(image_pkg):
             known = self.available_abis(apt, suite, spec.flavour)
             raise FetchError(f"kernel ABI {abi} ({image_pkg}) is not in the archive for "
@@ -145,7 +145,8 @@ class DebianProvider:
                               apt: PrivateApt, tmp: Path) -> None:
         version = image["Version"]
         names = suite.names(spec.flavour, abi)
-        wanted = [image] + [self._newest(apt, h.format(**names), version) for h in suite.packages.headers]
+        wanted = [image] + [self._newest(apt, p.format(**names), version)
+                            for p in suite.packages.images[1:] + suite.packages.headers]
         wanted.append(self._newest(apt, suite.packages.kbuild.format(**names), version))
         debs = tmp / "debs"
         debs.mkdir()
@@ -184,11 +185,12 @@ def _run(cmd: list[str]) -> None:
 def _describe_tree(root: Path, spec: KernelSpec, suite: Suite, abi: str, version: str,
                    packages: list[dict]) -> Kernel:
     """Find image/config/modules/build in an extracted tree and make it relocatable."""
-    images = sorted((root / "boot").glob("vmlinuz-*")) + sorted(root.glob("usr/lib/modules/*/vmlinuz"))
+    # /boot/vmlinuz-<rel> (≤ trixie), or /usr/lib/modules/<rel>/vmlinuz[.unsigned] (sid)
+    images = sorted((root / "boot").glob("vmlinuz-*")) + sorted(root.glob("usr/lib/modules/*/vmlinuz*"))
     if not images:
         raise FetchError(f"no kernel image in the packages of {spec}")
     image = images[0]
-    release = image.name[len("vmlinuz-"):] if image.name != "vmlinuz" else image.parent.name
+    release = image.name[len("vmlinuz-"):] if image.parent.name == "boot" else image.parent.name
     config = next(p for p in (root / "boot" / f"config-{release}",
                               root / "usr/lib/modules" / release / "config") if p.exists())
     modules = next(p for p in (root / "lib/modules" / release, root / "usr/lib/modules" / release)
@@ -199,7 +201,8 @@ def _describe_tree(root: Path, spec: KernelSpec, suite: Suite, abi: str, version
     _make_relocatable(root, build)
     return Kernel(spec=f"debian:{spec.suite}/{spec.flavour}@{abi}", release=release, version=version,
                   arch=suite.flavours[spec.flavour].arch, flavour=spec.flavour, series=suite.series,
-                  cc=suite.cc, root=root, image=str(image.relative_to(root)),
+                  cc=suite.toolchain.cc, suite=suite.name, toolchain=suite.toolchain.kind,
+                  toolchain_packages=list(suite.toolchain.packages), root=root, image=str(image.relative_to(root)),
                   config=str(config.relative_to(root)), modules_dir=str(modules.relative_to(root)),
                   build_dir=str(build.relative_to(root)), packages=packages)
 

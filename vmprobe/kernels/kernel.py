@@ -29,6 +29,9 @@ class Kernel:
     build_dir: str
     packages: list[dict] = field(default_factory=list)
     image_sha256: str = ""
+    suite: str = ""
+    toolchain: str = "host"      # "host", or "chroot": build inside a chroot of `suite`
+    toolchain_packages: list[str] = field(default_factory=list)
 
     # -- paths ---------------------------------------------------------------
     @property
