@@ -133,6 +133,9 @@ def _user_paths(text: str, work: str | Path, base: Path) -> str:
 def _summarise(output: str, source: Path, kernel: Kernel) -> str:
     diags = list(_DIAG.finditer(output))
     if not diags:
+        tool = re.search(r"^(?:ERROR|error): (.+)$", output, re.M)  # modpost, objtool, …
+        if tool:
+            return f"building {source} against {kernel.release} failed: {tool[1].strip()}"
         return f"building {source} against {kernel.release} failed (see the build output)"
     first = diags[0]
     where = f"{first['file']}:{first['line']}" + (f":{first['col']}" if first["col"] else "")

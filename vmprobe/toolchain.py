@@ -105,6 +105,9 @@ def build_env(kernel: Kernel, work: Path, log=None) -> Iterator[BuildEnv]:
         mounted.append(kmount)
         _mount_bind(work, wmount, readonly=False)
         mounted.append(wmount)
+        # objtool reads /proc (stack limits); mounts stack, so parallel builds are fine
+        if subprocess.run(["mount", "-t", "proc", "proc", str(root / "proc")], capture_output=True).returncode == 0:
+            mounted.append(root / "proc")
 
         def run(argv, **kw):
             env = dict(kw.pop("env", None) or os.environ, PATH=CHROOT_PATH)
@@ -115,7 +118,7 @@ def build_env(kernel: Kernel, work: Path, log=None) -> Iterator[BuildEnv]:
     finally:
         for target in reversed(mounted):
             _umount(target)
-        # only remove the mount points once nothing is mounted on them
+        # only remove our mount points once nothing is mounted on them
         for target in (wmount, kmount):
             with contextlib.suppress(OSError):
                 if not os.path.ismount(target):

@@ -70,6 +70,11 @@ def test_summarise_fatal_error_single():
 def test_summarise_without_diagnostics():
     out = f'ERROR: modpost: "bar" [{WORK}/foo.ko] undefined!\nmake[2]: *** Error 1\n'
     msg = _summarise(_user_paths(out, WORK, USER), USER, KERNEL)
+    assert msg == f'building {USER} against 6.1.0-13-cloud-amd64 failed: modpost: "bar" [{USER}/foo.ko] undefined!'
+
+
+def test_summarise_without_any_error_line():
+    msg = _summarise("make[2]: *** Error 1\n", USER, KERNEL)
     assert msg == f"building {USER} against 6.1.0-13-cloud-amd64 failed (see the build output)"
 
 

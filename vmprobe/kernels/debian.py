@@ -132,7 +132,8 @@ class DebianProvider:
     def _remembered(self, apt: PrivateApt, spec: KernelSpec) -> Path | None:
         _, data, _ = self._resolutions(apt)
         name = data.get(str(spec))
-        return cache_dir("kernels") / name if name else None
+        entry = cache_dir("kernels") / name if name else None
+        return entry if entry and (entry / "kernel.json").exists() else None
 
     def _remember(self, apt: PrivateApt, spec: KernelSpec, entry: Path) -> None:
         path, data, _ = self._resolutions(apt)
@@ -212,6 +213,8 @@ def _make_relocatable(root: Path, build: Path) -> None:
     makefile = build / "Makefile"
     text = makefile.read_text()
     fixed = re.sub(r"^include /usr/src/(\S+)", lambda m: f"include ../{m[1]}", text, flags=re.M)
+    # sid: KBUILD_OUTPUT=/usr/src/linux-headers-<rel> (the flavour dir itself; make runs -C there)
+    fixed = re.sub(rf"/usr/src/{re.escape(build.name)}\b", "$(CURDIR)", fixed)
     makefile.write_text(fixed)
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
