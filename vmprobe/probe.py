@@ -24,9 +24,10 @@ from .kprobes_list import ProbeRecord, parse_debugfs_list
 from .machine import Machine
 from .modules import Module
 from .report import ProbeReport
-from .sites import SITE_WINDOW, agrees_with_flags, classify
+from .sites import SITE_WINDOW, agrees_with_flags, classify, entry_offset
 
 FORK_SYMBOLS = ("kernel_clone", "_do_fork", "do_fork")
+AFTER_ENTRY = "after-entry"
 DEFAULT_TRIGGER = "for i in 1 2 3 4 5; do /bin/true; done"
 KPROBES_LIST = "/sys/kernel/debug/kprobes/list"
 GUEST_DIR = "/tmp"
@@ -37,7 +38,7 @@ SLACK = 16
 @dataclass
 class ProbeOptions:
     symbol: str | None = None          # None: the kernel's fork function
-    offset: int = 0
+    offset: int | str = 0              # or "after-entry": past ENDBR and the fentry site
     post_handler: bool = True
     trigger: str | None = None         # None: forks
     module_params: str = ""            # extra insmod parameters (user modules)
@@ -91,6 +92,8 @@ class ProbeCheck:
         self.gdb: Gdb | None = None
         self._start_mark = 0
         self._loaded = False
+        # the offset in bytes ("after-entry" is decided from the function's first bytes)
+        self.offset = options.offset if isinstance(options.offset, int) else 0
 
     # -- helpers -------------------------------------------------------------
     @contextlib.contextmanager
@@ -141,25 +144,30 @@ class ProbeCheck:
             with self.phase("insmod"):
                 self._insmod(symbol)
             raise ModuleLoadError(f"symbol {symbol} not found in kernel {self.m.kernel.release}")
-        st.requested = base + opt.offset
         with self.phase("gdb-attach"):
             self.gdb = Gdb(arch=self.m.profile.gdb_arch)
             self.gdb.attach(self.m.gdb_socket)
             self.gdb.cont()
+        if opt.offset == AFTER_ENTRY:
+            start = self.gdb.read_memory(base, 16)
+            self.offset = entry_offset(self.m.profile.name, start)
+            r.probe["offset"] = self.offset
+            r.probe["offset_chosen"] = f"after-entry: {start[:9].hex(' ')} → +{self.offset}"
+        st.requested = base + self.offset
         with self.phase("baseline"):
             st.baseline = self.gdb.read_memory(st.requested, SITE_WINDOW + SLACK)
         with self.phase("insmod"):
             st.address = self._insmod(symbol)
         moved = st.address - st.requested
         if not 0 <= moved <= SLACK:
-            raise VmprobeError(f"the kernel armed {symbol}+{opt.offset} at {st.address:#x}, "
+            raise VmprobeError(f"the kernel armed {symbol}+{self.offset} at {st.address:#x}, "
                                f"{moved:+d} bytes from {st.requested:#x}: outside what was read before")
         baseline = st.baseline[moved:moved + SITE_WINDOW]
         r.probe.update({"address": f"{st.address:#x}", "requested_address": f"{st.requested:#x}",
                         "moved_by": moved})
         if moved:
             r.check("probe placement", True, f"the kernel moved the probe {moved} bytes "
-                    f"(to {symbol}+{opt.offset + moved}; IBT ENDBR skipped)")
+                    f"(to {symbol}+{self.offset + moved}; IBT ENDBR skipped)")
         with self.phase("settle"):
             record = self._settle()
         r.probe["list_flags"] = record.flags if record else None
@@ -167,8 +175,7 @@ class ProbeCheck:
         r.check("listed in kprobes/list", record is not None,
                 "" if record else f"no entry at {st.address:#x} in {KPROBES_LIST}")
         with self.phase("armed-bytes"):
-            armed = self._read_site()
-        site = classify(self.m.profile.name, st.address, baseline, armed)
+            armed, site = self._wait_armed(baseline, record)
         r.probe["mechanism"] = site.mechanism
         r.probe["site_target"] = site.to_dict()["target"]
         r.bytes = {"before": baseline.hex(), "armed": armed.hex()}
@@ -199,7 +206,7 @@ class ProbeCheck:
         remote = f"{GUEST_DIR}/{self.module.path.name}"
         self.m.upload(self.module.path, remote)
         if opt.builtin_template:
-            params = (f"symbol={symbol} offset={opt.offset} nonce={st.nonce} "
+            params = (f"symbol={symbol} offset={self.offset} nonce={st.nonce} "
                       f"post={1 if opt.post_handler else 0}")
         else:
             params = ""
@@ -229,12 +236,12 @@ class ProbeCheck:
             m = self.m.console.expect(rf"vmprobe-error nonce={self.run_state.nonce} .*register_kprobe=(-?\d+)",
                                       3, since=mark, what="the module's error line")
             code = -int(m[1])
-        where = f"{symbol}+{opt.offset}"
+        where = f"{symbol}+{self.offset}"
         said = f"register_kprobe returned -{errno.errorcode.get(code, code)}" if code else f"insmod: {insmod_said}"
         if code == errno.ENOENT or (code is None and "unknown symbol" in insmod_said.lower()):
             return f"symbol {symbol} not found in kernel {k.release} ({said})"
         if code == errno.EILSEQ:
-            return (f"offset {opt.offset} into {symbol} is not an instruction boundary in kernel "
+            return (f"offset {self.offset} into {symbol} is not an instruction boundary in kernel "
                     f"{k.release} ({said})")
         if code == errno.EINVAL:
             why = self._blacklisted(symbol)
@@ -274,6 +281,21 @@ class ProbeCheck:
             final = record is not None and (not may_optimize or "OPTIMIZED" in flags or "FTRACE" in flags)
             if final or now - stable_since >= 3.0 or now >= deadline:
                 return record
+            time.sleep(0.05)
+
+    def _wait_armed(self, baseline: bytes, record: ProbeRecord | None):
+        """Read the armed site; when the list says OPTIMIZED, wait (bounded) for the jump.
+
+        The kernel flags a probe OPTIMIZED when it queues it for the optimizer;
+        the jump is written a few jiffies later (later still on busy TCG guests).
+        """
+        deadline = time.monotonic() + self.opt.settle_timeout
+        while True:
+            armed = self._read_site()
+            site = classify(self.m.profile.name, self.run_state.address, baseline, armed)
+            waiting = record is not None and record.has("OPTIMIZED") and site.mechanism != "optimized"
+            if not waiting or time.monotonic() >= deadline:
+                return armed, site
             time.sleep(0.05)
 
     def _trigger_and_count(self) -> None:

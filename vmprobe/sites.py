@@ -11,6 +11,9 @@ import struct
 from dataclasses import dataclass
 
 X86_NOP5 = bytes.fromhex("0f1f440000")
+#: IBT: ENDBR64, ENDBR32, and the two poisons the kernel seals unused ENDBRs with.
+X86_ENDBR = (bytes.fromhex("f30f1efa"), bytes.fromhex("f30f1efb"),
+             bytes.fromhex("660f1f00"), bytes.fromhex("0f1f40d6"))
 ARM64_BRK = bytes.fromhex("800020d4")
 
 #: mechanism → the list flag that must accompany it ('' = none of OPTIMIZED/FTRACE)
@@ -62,3 +65,19 @@ def agrees_with_flags(mechanism: str, flags: list[str]) -> bool:
     want = EXPECTED_FLAG[mechanism]
     kinds = {f for f in flags if f in ("OPTIMIZED", "FTRACE")}
     return kinds == ({want} if want else set())
+
+
+def entry_offset(arch: str, function_start: bytes) -> int:
+    """Offset of a function's first instruction after its entry sequence.
+
+    x86: an ENDBR (IBT kernels, 6.12+: 4 bytes, possibly sealed into a NOP),
+    then the 5-byte fentry site (``call __fentry__`` or its NOP) → +5 without
+    IBT, +9 with it. Decided from the bytes, not from the kernel version.
+    """
+    if arch not in ("x86_64", "i386"):
+        return 0
+    offset = 4 if function_start[:4] in X86_ENDBR else 0
+    site = function_start[offset:offset + 5]
+    if site == X86_NOP5 or site[:1] == b"\xe8":
+        offset += 5
+    return offset
