@@ -56,12 +56,13 @@ class DebianProvider:
                 raise FetchError(f"cannot tell the current ABI of {spec}: {meta['Package']} "
                                  f"depends on {meta.get('Depends')!r}")
             abi = m[1]
-        image_pkg = suite.packages.images[0].format(**suite.names(spec.flavour, abi))
-        if not apt.show(image_pkg):
-            known = self.available_abis(apt, suite, spec.flavour)
-            raise FetchError(f"kernel ABI {abi} ({image_pkg}) is not in the archive for "
-                             f"debian:{suite.name}/{spec.flavour}; available: {', '.join(known) or 'none'}")
-        return abi, self._newest(apt, image_pkg)
+        choices = _alternatives(suite.packages.images[0], suite.names(spec.flavour, abi))
+        for image_pkg in choices:
+            if apt.show(image_pkg):
+                return abi, self._newest(apt, image_pkg)
+        known = self.available_abis(apt, suite, spec.flavour)
+        raise FetchError(f"kernel ABI {abi} ({' or '.join(choices)}) is not in the archive for "
+                         f"debian:{suite.name}/{spec.flavour}; available: {', '.join(known) or 'none'}")
 
     # -- cache ---------------------------------------------------------------
     @staticmethod
@@ -117,6 +118,22 @@ class DebianProvider:
         self._remember(apt, spec, entry)
         return kernel
 
+    def _download_image(self, apt: PrivateApt, suite: Suite, spec: KernelSpec, abi: str,
+                        image: dict, debs: Path) -> dict:
+        """Download the image, falling back to its alternative name (e.g. the signed
+        package) when a mirror lists a file it does not serve."""
+        choices = _alternatives(suite.packages.images[0], suite.names(spec.flavour, abi))
+        candidates = [image] + [s for name in choices if name != image["Package"]
+                                for s in apt.show(name) if s["Version"] == image["Version"]][:1]
+        errors = []
+        for stanza in candidates:
+            try:
+                apt.download([f"{stanza['Package']}={stanza['Version']}"], debs)
+                return stanza
+            except FetchError as exc:
+                errors.append(exc)
+        raise errors[-1]
+
     # Resolving a spec costs several apt-cache runs (≈1.5 s); the answer only
     # changes when the package lists do, so it is remembered per lists update.
     @staticmethod
@@ -146,12 +163,14 @@ class DebianProvider:
                               apt: PrivateApt, tmp: Path) -> None:
         version = image["Version"]
         names = suite.names(spec.flavour, abi)
-        wanted = [image] + [self._newest(apt, p.format(**names), version)
-                            for p in suite.packages.images[1:] + suite.packages.headers]
-        wanted.append(self._newest(apt, suite.packages.kbuild.format(**names), version))
+        rest = [self._newest(apt, p.format(**names), version)
+                for p in suite.packages.images[1:] + suite.packages.headers]
+        rest.append(self._newest(apt, suite.packages.kbuild.format(**names), version))
         debs = tmp / "debs"
         debs.mkdir()
-        apt.download([f"{s['Package']}={s['Version']}" for s in wanted], debs)
+        apt.download([f"{s['Package']}={s['Version']}" for s in rest], debs)
+        image = self._download_image(apt, suite, spec, abi, image, debs)
+        wanted = [image] + rest
         root = tmp / "root"
         root.mkdir()
         packages = []
@@ -175,6 +194,11 @@ class DebianProvider:
             setattr(kernel, attr, "root/" + getattr(kernel, attr))
         kernel.image_sha256 = cache.sha256_file(tmp / kernel.image)
         kernel.save()
+
+
+def _alternatives(template: str, names: dict[str, str]) -> list[str]:
+    """``a|b`` in the catalog: package a, else b."""
+    return [alt.format(**names) for alt in template.split("|")]
 
 
 def _run(cmd: list[str]) -> None:
