@@ -11,6 +11,8 @@ import struct
 from dataclasses import dataclass
 
 X86_NOP5 = bytes.fromhex("0f1f440000")
+#: 5-byte NOPs an unarmed fentry site can hold: P6 (6.x), K8 (5.10's ideal_nops), i386 lea
+X86_NOP5S = (X86_NOP5, bytes.fromhex("6666666690"), bytes.fromhex("3e8d742600"))
 #: IBT: ENDBR64, ENDBR32, and the two poisons the kernel seals unused ENDBRs with.
 X86_ENDBR = (bytes.fromhex("f30f1efa"), bytes.fromhex("f30f1efb"),
              bytes.fromhex("660f1f00"), bytes.fromhex("0f1f40d6"))
@@ -48,7 +50,7 @@ def classify(arch: str, address: int, baseline: bytes, armed: bytes) -> Site:
             target = (address + 5 + rel) & mask
             if op == 0xE9:
                 return Site("optimized", target)
-            if baseline[:5] == X86_NOP5 or baseline[0] == 0xE8:
+            if baseline[:5] in X86_NOP5S or baseline[0] == 0xE8:
                 return Site("ftrace", target)
         return Site("unknown")
     if arch == "aarch64":
@@ -78,6 +80,6 @@ def entry_offset(arch: str, function_start: bytes) -> int:
         return 0
     offset = 4 if function_start[:4] in X86_ENDBR else 0
     site = function_start[offset:offset + 5]
-    if site == X86_NOP5 or site[:1] == b"\xe8":
+    if site in X86_NOP5S or site[:1] == b"\xe8":
         offset += 5
     return offset

@@ -109,10 +109,7 @@ class GuestSsh:
         paramiko's exec_command waits for the server's answer with no deadline;
         it runs in a helper thread here so a stopped or dead guest cannot hang us.
         """
-        try:
-            channel = self._transport().open_session(timeout=timeout)
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise SshError(f"could not open an SSH channel to the guest for {command!r}: {exc}") from None
+        channel = self._open_session(command, timeout)
         failure: list[BaseException] = []
 
         def request() -> None:
@@ -131,6 +128,20 @@ class GuestSsh:
         if failure:
             raise SshError(f"could not start {command!r} in the guest: {failure[0]}") from None
         return channel
+
+    def _open_session(self, command: str, timeout: float) -> paramiko.Channel:
+        """Open a channel; dropbear refuses one for a moment after an SFTP session
+        ends (the subsystem is still being reaped), so refusals are retried briefly."""
+        deadline = time.monotonic() + min(timeout, 5)
+        while True:
+            try:
+                return self._transport().open_session(timeout=timeout)
+            except paramiko.ChannelException as exc:
+                if time.monotonic() >= deadline:
+                    raise SshError(f"the guest refused an SSH channel for {command!r}: {exc}") from None
+                time.sleep(0.05)
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                raise SshError(f"could not open an SSH channel to the guest for {command!r}: {exc}") from None
 
     def run(self, command: str, timeout: float = 60, *, check: bool = False,
             stdout: BinaryIO | None = None, stderr: BinaryIO | None = None) -> CommandResult:

@@ -121,3 +121,31 @@ def test_site_window_covers_a_jump():
 ])
 def test_agrees_with_flags(mechanism, flags, agrees):
     assert agrees_with_flags(mechanism, flags) is agrees
+
+
+# -- entry offsets (--offset after-entry) ---------------------------------------------------
+
+@pytest.mark.parametrize("start, expected", [
+    ("0f1f440000" "4157", 5),                 # 6.1: fentry NOP, no IBT
+    ("6666666690" "4157", 5),                 # 5.10: K8 NOP at the fentry site
+    ("e8aabbccdd" "4157", 5),                 # fentry call armed (ftrace on)
+    ("f30f1efa" "0f1f440000" "41", 9),        # IBT: ENDBR64 then fentry
+    ("660f1f00" "0f1f440000" "41", 9),        # IBT: sealed ENDBR (poison) then fentry
+    ("0f1f40d6" "e8aabbccdd" "41", 9),        # the other poison, fentry armed
+    ("4157415641554154", 0),                  # notrace function: no entry sequence
+])
+def test_entry_offset_x86(start, expected):
+    from vmprobe.sites import entry_offset
+    assert entry_offset("x86_64", bytes.fromhex(start)) == expected
+
+
+def test_entry_offset_arm64_is_zero():
+    from vmprobe.sites import entry_offset
+    assert entry_offset("aarch64", bytes.fromhex("1f2003d5" "1f2003d5")) == 0
+
+
+def test_ftrace_over_k8_nop():
+    from vmprobe.sites import classify
+    site = classify("x86_64", 0xffffffff81000000, bytes.fromhex("6666666690") + b"\x41" * 4,
+                    bytes.fromhex("e800100000") + b"\x41" * 4)
+    assert site.mechanism == "ftrace" and site.target == 0xffffffff81001005
