@@ -1,18 +1,25 @@
-"""Shared fixtures: the default kernel, the fork probe module, a session VM, leak checks."""
+"""The project's own test helpers.
+
+The VM fixtures (``kernel``, ``vm``, ``fork_module``, ``kprobe_module``,
+``probe_check``, ``no_leaks``) come from vmprobe's pytest plugin
+(``vmprobe/pytest_plugin.py``, entry point ``pytest11: vmprobe``); its options
+pick the kernels (``--vmprobe-kernel``, default debian:bookworm) and the
+accelerator (``--vmprobe-accel``, default ``$VMPROBE_ACCEL`` or auto).
+"""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from vmprobe import modules
-from vmprobe.kernels import DEFAULT_SPEC, get_kernel
-from vmprobe.machine import Machine, runtime_dir
 
-ACCEL = os.environ.get("VMPROBE_ACCEL", "auto")
+def pytest_configure(config):
+    if not config.pluginmanager.has_plugin("vmprobe"):
+        raise pytest.UsageError("vmprobe's pytest plugin is not loaded: install the project "
+                                "(scripts/setup.sh, or pip install -e '.[test]') so its pytest11 "
+                                "entry point is registered")
 
 
 def _vmprobe_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -27,42 +34,9 @@ def vmprobe_cli():
 
 
 @pytest.fixture(scope="session")
-def accel():
-    return ACCEL
-
-
-def our_leftovers() -> list[str]:
-    """QEMU processes and temp dirs that vmprobe created and did not remove."""
-    procs = subprocess.run(["pgrep", "-af", "qemu-system.*-name vmprobe-"], capture_output=True,
-                           text=True).stdout.splitlines()
-    dirs = [str(p) for p in runtime_dir().glob("vmprobe-*") if p.is_dir()]
-    return procs + dirs
-
-
-@pytest.fixture(scope="session")
-def kernel():
-    return get_kernel(DEFAULT_SPEC)
-
-
-@pytest.fixture(scope="session")
-def fork_module(kernel):
-    return modules.build(modules.FORK_PROBE, kernel)[0]
-
-
-@pytest.fixture(scope="session")
-def vm(kernel):
-    """One booted guest shared by the tests that leave it clean."""
-    with Machine(kernel, accel=ACCEL) as machine:
-        yield machine
-
-
-@pytest.fixture
-def no_leaks():
-    """Fail the test if it leaves a QEMU process or a vmprobe temp dir behind."""
-    before = set(our_leftovers())
-    yield
-    after = [x for x in our_leftovers() if x not in before]
-    assert not after, f"left behind: {after}"
+def accel(pytestconfig):
+    """The accelerator the VMs use (``--vmprobe-accel``), to pass on to the CLI."""
+    return pytestconfig.getoption("vmprobe_accel")
 
 
 def pytest_collection_modifyitems(items):

@@ -93,7 +93,47 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--expect-mechanism", choices=("int3", "optimized", "ftrace", "brk"),
                     help="fail unless the probe is armed this way")
     pr.add_argument("--json", type=Path, help="write the report as JSON here")
+
+    from .matrix import CHECK_NAMES, KERNEL_TIMEOUT
+    mx = sub.add_parser("matrix", help="the probe checks on several kernels, in parallel",
+                        description="For each kernel: one VM, the probe checks (entry: ftrace at "
+                                    "the entry; int3: the next instruction with a post handler; "
+                                    "optimized: the same without one). Exits 0 only if all pass.")
+    mx.add_argument("--kernels", type=_spec_list, default=None,
+                    help="comma-separated kernel specs (default: every suite in the catalog)")
+    mx.add_argument("--checks", type=_check_list(CHECK_NAMES), default=list(CHECK_NAMES),
+                    help=f"comma-separated checks to run (default {','.join(CHECK_NAMES)})")
+    mx.add_argument("--jobs", "-j", type=int, default=None,
+                    help="kernels tested at once, each in a worker process (default: CPUs, at most "
+                         "the number of kernels)")
+    mx.add_argument("--json", type=Path, help="write every report as JSON here")
+    mx.add_argument("--junit", type=Path, help="write JUnit XML here (a test case per kernel and check)")
+    mx.add_argument("--accel", choices=ACCEL_CHOICES, default=os.environ.get("VMPROBE_ACCEL", "auto"),
+                    help="kvm, tcg, or auto: KVM only if a real test boot works (default auto)")
+    mx.add_argument("--smp", type=int, default=1, help="guest CPUs (default 1)")
+    mx.add_argument("--memory", default="1G", help="guest memory (default 1G)")
+    mx.add_argument("--boot-timeout", type=float, default=120, help="seconds to reach READY (default 120)")
+    mx.add_argument("--kernel-timeout", type=float, default=KERNEL_TIMEOUT,
+                    help=f"seconds one kernel may take in all, fetch included (default {KERNEL_TIMEOUT:.0f})")
     return parser
+
+
+def _spec_list(text: str) -> list[str]:
+    specs = [s.strip() for s in text.split(",") if s.strip()]
+    if not specs:
+        raise argparse.ArgumentTypeError("give at least one kernel spec, e.g. debian:bookworm")
+    return list(dict.fromkeys(specs))
+
+
+def _check_list(known: tuple[str, ...]):
+    def parse(text: str) -> list[str]:
+        names = [s.strip() for s in text.split(",") if s.strip()]
+        unknown = [n for n in names if n not in known]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"unknown check(s) {', '.join(unknown) or '(none)'}; "
+                                             f"choose from {', '.join(known)}")
+        return list(dict.fromkeys(names))
+    return parse
 
 
 def cmd_kernels(args) -> int:
@@ -205,10 +245,34 @@ def cmd_probe(args) -> int:
     return 0 if report.verdict == "pass" else 1
 
 
+def cmd_matrix(args) -> int:
+    from . import matrix
+    from .kernels import parse_spec
+    from .kernels.catalog import load_catalog
+
+    catalog = load_catalog()
+    specs = args.kernels or [f"debian:{name}" for name in catalog.suites]
+    for spec in specs:
+        parse_spec(spec, catalog)  # a bad spec fails here (exit 64), before any VM starts
+    jobs = args.jobs or min(len(specs), os.cpu_count() or 1)
+    machine_kw = {"accel": args.accel, "smp": args.smp, "memory": args.memory,
+                  "boot_timeout": args.boot_timeout}
+    _log(f"vmprobe matrix: {len(specs)} kernel(s) × {', '.join(args.checks)} with {jobs} worker(s)")
+    result = matrix.run_matrix(specs, args.checks, jobs=jobs, machine_kw=machine_kw,
+                               kernel_timeout=args.kernel_timeout)
+    print(matrix.format_table(result))
+    if args.json:
+        matrix.write_json(result, args.json)
+    if args.junit:
+        matrix.write_junit(result, args.junit)
+    return 0 if result["verdict"] == "pass" else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     install_signal_handlers()
     args = build_parser().parse_args(argv)
-    handler = {"kernels": cmd_kernels, "exec": cmd_exec, "shell": cmd_shell, "probe": cmd_probe}
+    handler = {"kernels": cmd_kernels, "exec": cmd_exec, "shell": cmd_shell, "probe": cmd_probe,
+               "matrix": cmd_matrix}
     try:
         return handler[args.command](args)
     except VmprobeError as exc:

@@ -3,18 +3,19 @@
  * vmprobe fault module: a pre handler that calls BUG()
  *
  * A kprobe (same parameters as vmprobe_fork.c: symbol, offset, nonce) whose
- * pre handler calls BUG() on the first hit after it is armed, and
- * behaves on every other hit. Arm it at load time (armed=1) or later:
+ * pre handler calls BUG() on its first hit once armed, and does nothing
+ * otherwise. Arm it at load time (armed=1) or later, then fork (the last
+ * command of `sh -c` is exec'd, not forked: add one):
  *
  *   insmod vmprobe_fault_bug.ko symbol=kernel_clone nonce=N
- *   echo 1 > /sys/module/vmprobe_fault_bug/parameters/armed; /bin/true
+ *   echo 1 > /sys/module/vmprobe_fault_bug/parameters/armed; /bin/true; true
  *
- * (vmprobe_fault_bug is the name this directory's Kbuild gives it; built alone,
+ * (vmprobe_fault_bug is the name this directory's Makefile gives it; built alone,
  * the module takes the file's name: bug.)
  *
- * Before misbehaving it prints "vmprobe-fault nonce=N fault=bug ..." so
- * the host knows the fault was reached. For vmprobe's own tests: never load
- * it on a machine you care about.
+ * Before misbehaving it prints "vmprobe-fault nonce=N fault=bug ..." so the
+ * host knows the fault was reached. For vmprobe's own tests: never load it on
+ * a machine you care about.
  */
 #include <linux/atomic.h>
 #include <linux/kernel.h>
@@ -37,7 +38,7 @@ MODULE_PARM_DESC(nonce, "tag printed on every line (per run)");
 
 static bool armed;
 module_param(armed, bool, 0644);
-MODULE_PARM_DESC(armed, "misbehave on the next hit (also writable in /sys/module/<name>/parameters/)");
+MODULE_PARM_DESC(armed, "misbehave on the next hit (writable in /sys/module/<name>/parameters)");
 
 static atomic_t fired = ATOMIC_INIT(0);
 static struct kprobe kp;
