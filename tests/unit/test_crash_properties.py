@@ -14,7 +14,7 @@ from test_crash import (BUG_AT, OOPS, PANIC, REAL_BUG_OOPS_PANIC, REAL_NMI_PANIC
                         WARNING)
 from vmprobe.crash import MAX_LINES, PANIC_AFTER_LINES, find_crashes, first_fatal
 
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 
 #: (name, text, the first report's (kind, title, fatal))
 KNOWN = [
@@ -129,7 +129,7 @@ _WORDS = ["vmprobe-hit", "nonce=4f2a", "handler=pre", "addr=ffffffffb84941a5", "
           "x86/fpu:", "Supporting", "XSAVE", "feature", "0x001:", "'x87", "floating", "point", "registers'", "42", "-1",
           "", " ", "\t"]
 # Noise comes from a hypothesis-controlled Random: cheap to draw in bulk (hundreds of lines per example).
-NOISE = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+NOISE = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 RANDOMS = st.randoms(use_true_random=False)
 
 
