@@ -69,9 +69,10 @@ class Console:
             m = rx.search(text, since)
             if m:
                 return m
-            if fail_on_crash and (crash := first_fatal(text[since:])):
+            # complete lines only: a title must not be cut mid-line
+            if fail_on_crash and (crash := first_fatal(text[since:text.rfind("\n") + 1])):
                 raise GuestCrash(f"the guest kernel crashed ({crash.title}) while waiting for {what}",
-                                 detail=self.tail())
+                                 detail=crash.excerpt + "\n...\n" + self.tail(10))
             gone = self._exited()
             if gone:
                 self.refresh()

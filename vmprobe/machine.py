@@ -32,7 +32,8 @@ from .cache import sha256_file
 from .accel import choose_accel, qemu_version
 from .arch import ArchProfile, profile_for
 from .console import Console, raise_qemu_gone
-from .errors import QemuError, VmprobeError
+from .crash import find_crashes, first_fatal
+from .errors import GuestCrash, QemuError, SshError, VmprobeError
 from .kernels import Kernel
 from .ssh import GuestSsh, RunKeys
 
@@ -226,11 +227,22 @@ class Machine:
             detail += " (guest panic reported through pvpanic)"
         return f"{why}{detail}" + (f" ({extra[-300:]})" if extra else "")
 
-    def check_alive(self) -> None:
-        """Raise (QEMU gone / kernel crashed) if the machine is no longer usable."""
-        reason = self._exit_reason()
-        if reason:
-            raise_qemu_gone(reason, "the guest", self.console)
+    def check_alive(self, grace: float = 0.0, since: int = 0, what: str = "the guest") -> None:
+        """Raise if the machine is no longer usable: QEMU gone, or a fatal crash on
+        the console after ``since``. With ``grace``, keep looking that long (an SSH
+        drop is often seen before QEMU's exit or the panic's last line)."""
+        deadline = time.monotonic() + grace
+        while True:
+            reason = self._exit_reason()
+            if reason:
+                raise_qemu_gone(reason, what, self.console)
+            crash = first_fatal(self.console.since(since))
+            if crash:
+                raise GuestCrash(f"the guest kernel crashed ({crash.title}) while waiting for {what}",
+                                 detail=crash.excerpt)
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.05)
 
     def shutdown(self, timeout: float = 5) -> None:
         """Stop QEMU (QMP quit → SIGTERM → SIGKILL) and remove everything it used."""
@@ -262,13 +274,29 @@ class Machine:
         self.ssh.put(local, remote, mode)
         self._uploaded[remote] = digest
 
-    def run(self, command: str, timeout: float = 60, **kw):
-        """Run a command in the guest over SSH (see GuestSsh.run)."""
+    def run(self, command: str, timeout: float = 60, *, allow_crash: bool = False, **kw):
+        """Run a command in the guest over SSH (see GuestSsh.run).
+
+        A kernel crash while it runs is reported as such (GuestCrash with the
+        report's title), not as the SSH failure it causes; ``allow_crash`` lets a
+        caller that expects a non-fatal oops look at the console itself.
+        """
+        mark = self.console.mark()
+        what = f"{command!r} to finish"
         try:
-            return self.ssh.run(command, timeout, **kw)
-        except VmprobeError:
-            self.check_alive()
+            result = self.ssh.run(command, timeout, **kw)
+        except SshError:
+            self.check_alive(grace=5, since=mark, what=what)
             raise
+        except VmprobeError:
+            self.check_alive(since=mark, what=what)
+            raise
+        if not allow_crash:
+            crashes = find_crashes(self.console.since(mark))
+            if crashes:
+                raise GuestCrash(f"the guest kernel reported {crashes[0].title} while running {command!r}",
+                                 detail=crashes[0].excerpt)
+        return result
 
 
 class _PortTaken(Exception):

@@ -412,7 +412,9 @@ class ProbeCheck:
             time.sleep(0.1)
 
     def _cleanup(self) -> None:
-        if self._loaded:
+        # after a crash report the kernel is damaged: rmmod could hang, so leave it
+        crashed = bool(find_crashes(self.m.console.since(self._start_mark)))
+        if self._loaded and not crashed:
             with contextlib.suppress(Exception):
                 self.m.run(f"rmmod {self.module.name}", 15)
         if self.gdb:

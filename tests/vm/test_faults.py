@@ -26,7 +26,7 @@ from vmprobe.config import TEMPLATES_DIR
 from vmprobe.crash import find_crashes, first_fatal
 from vmprobe.errors import CommandTimeout, GuestCrash, QemuError, SshError, VmprobeError
 from vmprobe.machine import Machine
-from vmprobe.probe import ProbeOptions, run_probe_check
+from vmprobe.probe import ProbeCheck, ProbeOptions
 
 FAULTS = TEMPLATES_DIR / "faults"
 FORKS = "for i in 1 2 3; do /bin/true; done"
@@ -180,30 +180,25 @@ def test_spin_with_interrupts_off_is_an_rcu_stall_seen_from_the_other_cpu(kernel
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(raises=CommandTimeout, strict=False,
-                   reason="probe.py carries on after the trigger oopsed: rmmod of the module then hangs in the "
-                          "damaged kernel and the check ends with 'rmmod … did not finish within 60s' "
-                          "(probe.py: stop at a crash report and name it)")
 def test_non_fatal_oops_fails_the_probe_check_with_its_title(kernel, accel, faults, no_leaks):
     """Without oops=panic a NULL dereference in the handler kills only the forking shell: the
-    guest lives on, and the probe check must report the crash by its title."""
+    guest lives on, and the probe check must stop and report the crash by its title."""
     module = faults["nullderef"]
     with Machine(kernel, accel=accel) as m:
         options = ProbeOptions(symbol="kernel_clone", builtin_template=False, sysrq=False, registers=False,
                                trigger=f"{_arm(module)}; {FORKS}")
-        report = run_probe_check(m, module, options)
-        d = report.to_dict()
+        check = ProbeCheck(m, module, options)
+        with pytest.raises(GuestCrash, match=re.escape("BUG: kernel NULL pointer dereference in handler_pre")):
+            check.run()
+        d = check.report.to_dict()
         assert d["verdict"] == "fail"
         assert [(c["title"], c["fatal"]) for c in d["crashes"]] == [
             ("BUG: kernel NULL pointer dereference in handler_pre", False)]
-        assert "CRASH BUG: kernel NULL pointer dereference in handler_pre" in report.summary()
+        assert "CRASH BUG: kernel NULL pointer dereference in handler_pre" in check.report.summary()
 
 
-# -- what Machine.run (vmprobe exec, the probe check's steps) says today ---------------------------
+# -- what Machine.run (vmprobe exec, the probe check's steps) says ---------------------------
 @pytest.mark.slow
-@pytest.mark.xfail(raises=SshError, strict=False,
-                   reason="Machine.run checks QEMU once, when SSH drops, before a panicked QEMU has exited: "
-                          "'SSH failed' instead of the crash (machine.py: give QEMU a grace period)")
 @pytest.mark.parametrize("fault, append, title", [
     ("bug", ("oops=panic",), "kernel BUG in handler_pre"),
     ("panic", (), "kernel panic: vmprobe test panic"),
@@ -216,10 +211,6 @@ def test_machine_run_names_the_crash(kernel, accel, faults, no_leaks, fault, app
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(raises=AssertionError, strict=False,
-                   reason="Machine.run does not look at the console: a command killed by a kernel oops is "
-                          "just exit status 255 (machine.py: raise GuestCrash for reports since the command "
-                          "started)")
 def test_machine_run_reports_a_non_fatal_oops(kernel, accel, faults, no_leaks):
     with Machine(kernel, accel=accel) as m:
         _load(m, faults["nullderef"])
