@@ -108,14 +108,29 @@ class GuestSsh:
 
         paramiko's exec_command waits for the server's answer with no deadline;
         it runs in a helper thread here so a stopped or dead guest cannot hang us.
+        Dropbear may close a fresh channel right after an SFTP session ends (the
+        command never started then): that refusal is retried briefly.
         """
-        channel = self._open_session(command, timeout)
+        deadline = time.monotonic() + min(timeout, 5)
+        while True:
+            channel = self._open_session(command, timeout)
+            failure = self._exec(channel, command, timeout)
+            if failure is None:
+                return channel
+            channel.close()
+            refused = isinstance(failure, paramiko.SSHException) and "closed" in str(failure).lower()
+            if not refused or time.monotonic() >= deadline or not self._transport().is_active():
+                raise SshError(f"could not start {command!r} in the guest: {failure or 'channel closed'}")
+            time.sleep(0.05)
+
+    @staticmethod
+    def _exec(channel: paramiko.Channel, command: str, timeout: float) -> BaseException | None:
         failure: list[BaseException] = []
 
         def request() -> None:
             try:
                 channel.exec_command(command)
-            except BaseException as exc:  # reported below
+            except BaseException as exc:  # reported to the caller
                 failure.append(exc)
 
         worker = threading.Thread(target=request, name="vmprobe-ssh-exec", daemon=True)
@@ -125,9 +140,7 @@ class GuestSsh:
             channel.close()
             worker.join(1)
             raise CommandTimeout(f"the guest did not accept the command {command!r} within {timeout:.0f}s")
-        if failure:
-            raise SshError(f"could not start {command!r} in the guest: {failure[0]}") from None
-        return channel
+        return failure[0] if failure else None
 
     def _open_session(self, command: str, timeout: float) -> paramiko.Channel:
         """Open a channel; dropbear refuses one for a moment after an SFTP session
