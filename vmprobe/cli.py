@@ -24,11 +24,13 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _int(text: str) -> int:
+def _offset(text: str) -> int | str:
+    if text == "after-entry":
+        return text
     try:
         return int(text, 0)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not an offset (an integer or after-entry): {text!r}") from None
 
 
 def _machine_args(p: argparse.ArgumentParser) -> None:
@@ -82,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("probe", help="arm a kprobe in a VM and verify it end to end")
     _machine_args(pr)
     pr.add_argument("--symbol", help="function to probe (default: the kernel's fork function)")
-    pr.add_argument("--offset", type=_int, default=0, help="offset into the function (default 0)")
+    pr.add_argument("--offset", type=_offset, default=0,
+                    help="offset into the function, or after-entry: past ENDBR and the fentry site (default 0)")
     pr.add_argument("--no-post-handler", dest="post_handler", action="store_false",
                     help="no post handler (lets x86 optimize the probe into a jump)")
     pr.add_argument("--module", type=Path,

@@ -29,7 +29,7 @@ from typing import Callable
 
 from . import junit
 from .errors import VmprobeError
-from .probe import ProbeOptions
+from .probe import AFTER_ENTRY, ProbeOptions
 
 CHECK_NAMES = ("entry", "int3", "optimized")
 X86 = ("amd64", "i386")
@@ -40,7 +40,7 @@ CONSOLE_TAIL = 80          # console lines kept per check (JSON, JUnit system-ou
 @dataclass(frozen=True)
 class MatrixCheck:
     name: str
-    offset: int
+    offset: int | str  # bytes, or "after-entry"
     post_handler: bool
     expect_mechanism: str | None   # None: any mechanism is fine (the arch has no such expectation)
     about: str
@@ -52,33 +52,21 @@ class MatrixCheck:
 def checks_for(kernel) -> list[MatrixCheck]:
     """The probe checks to run on ``kernel`` (a :class:`~vmprobe.kernels.Kernel`), in order.
 
-    On x86 the fork function starts with a 5-byte ``call __fentry__``: a probe at
-    +0 rides ftrace, one on the next instruction is an int3 with a post handler
-    and an optimized jump without one. With IBT (6.12 and later amd64 kernels)
-    an ``endbr64`` comes first: the kernel moves a +0 probe to +4, and the first
-    instruction after the entry is at +9.
+    On x86 the fork function starts with a 5-byte ``call __fentry__`` (after an
+    ``endbr64`` on IBT kernels, 6.12+): a probe at +0 rides ftrace (IBT kernels
+    arm it at +4), one on the first instruction after the entry is an int3 with
+    a post handler and an optimized jump without one. That instruction's offset
+    is read from the function's bytes in the guest (``after-entry``).
     """
     x86 = kernel.arch in X86
-    after_entry = first_after_entry(kernel)
     return [
         MatrixCheck("entry", 0, True, "ftrace" if x86 else None,
                     "probe on the function entry (the fentry site)"),
-        MatrixCheck("int3", after_entry, True, "int3" if x86 else None,
-                    f"first instruction after the entry (+{after_entry}), with a post handler"),
-        MatrixCheck("optimized", after_entry, False, "optimized" if x86 else None,
-                    f"first instruction after the entry (+{after_entry}), without a post handler"),
+        MatrixCheck("int3", AFTER_ENTRY, True, "int3" if x86 else None,
+                    "first instruction after the entry, with a post handler"),
+        MatrixCheck("optimized", AFTER_ENTRY, False, "optimized" if x86 else None,
+                    "first instruction after the entry, without a post handler"),
     ]
-
-
-def first_after_entry(kernel) -> int:
-    """Offset of the first instruction after a function's entry sequence, from the kernel's
-    configuration (an unknown configuration is taken as a usual distribution kernel's)."""
-    if kernel.arch not in X86:
-        return 4  # fixed-width instructions; the architecture's own rules belong here
-    kconfig = getattr(kernel, "kconfig", None) or {}
-    endbr = 4 if kconfig.get("CONFIG_X86_KERNEL_IBT") == "y" else 0
-    fentry = 5 if kconfig.get("CONFIG_FUNCTION_TRACER", "y") == "y" else 0
-    return endbr + fentry
 
 
 # --------------------------------------------------------------------------
@@ -160,7 +148,7 @@ def _run_check(machine, module, check: MatrixCheck, probe_check_cls) -> dict:
     if check.expect_mechanism and error is None:
         report.check(f"mechanism is {check.expect_mechanism}", got == check.expect_mechanism, f"got {got}")
     verdict = "error" if error else report.verdict
-    return {"name": check.name, "about": check.about, "offset": check.offset,
+    return {"name": check.name, "about": check.about, "offset": report.probe.get("offset", check.offset),
             "post_handler": check.post_handler, "expected_mechanism": check.expect_mechanism,
             "verdict": verdict, "mechanism": got, "hits": report.hits, "time": round(elapsed, 3),
             "error": error, "summary": report.summary(), "report": report.to_dict(),

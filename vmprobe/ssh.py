@@ -118,7 +118,8 @@ class GuestSsh:
             if failure is None:
                 return channel
             channel.close()
-            refused = isinstance(failure, paramiko.SSHException) and "closed" in str(failure).lower()
+            # "Channel closed." / "Channel is not open": the request was refused, nothing ran
+            refused = isinstance(failure, paramiko.SSHException)
             if not refused or time.monotonic() >= deadline or not self._transport().is_active():
                 raise SshError(f"could not start {command!r} in the guest: {failure or 'channel closed'}")
             time.sleep(0.05)

@@ -79,13 +79,11 @@ def test_bad_arguments_fail_before_any_vm(vmprobe_cli):
 
 
 def test_checks_for_x86_and_others():
-    x86 = matrix.checks_for(SimpleNamespace(arch="amd64", kconfig={"CONFIG_FUNCTION_TRACER": "y"}))
+    x86 = matrix.checks_for(SimpleNamespace(arch="amd64"))
     assert [(c.name, c.offset, c.post_handler, c.expect_mechanism) for c in x86] == [
-        ("entry", 0, True, "ftrace"), ("int3", 5, True, "int3"), ("optimized", 5, False, "optimized")]
-    assert x86[2].options().post_handler is False and x86[1].options().offset == 5
-    ibt = matrix.checks_for(SimpleNamespace(arch="amd64", kconfig={"CONFIG_FUNCTION_TRACER": "y",
-                                                                   "CONFIG_X86_KERNEL_IBT": "y"}))
-    assert [(c.name, c.offset) for c in ibt] == [("entry", 0), ("int3", 9), ("optimized", 9)]
+        ("entry", 0, True, "ftrace"), ("int3", "after-entry", True, "int3"),
+        ("optimized", "after-entry", False, "optimized")]
+    assert x86[2].options().post_handler is False and x86[1].options().offset == "after-entry"
     assert [c.name for c in matrix.checks_for(SimpleNamespace(arch="arm64"))] == list(matrix.CHECK_NAMES)
 
 
