@@ -148,14 +148,14 @@ class GuestSsh:
         ends (the subsystem is still being reaped), so refusals are retried briefly."""
         deadline = time.monotonic() + min(timeout, 5)
         while True:
+            transport = self._transport()
             try:
-                return self._transport().open_session(timeout=timeout)
-            except paramiko.ChannelException as exc:
-                if time.monotonic() >= deadline:
-                    raise SshError(f"the guest refused an SSH channel for {command!r}: {exc}") from None
-                time.sleep(0.05)
+                return transport.open_session(timeout=timeout)
             except (paramiko.SSHException, OSError, EOFError) as exc:
-                raise SshError(f"could not open an SSH channel to the guest for {command!r}: {exc}") from None
+                # ChannelException, or "Unable to open channel." while the connection lives on
+                if not transport.is_active() or time.monotonic() >= deadline:
+                    raise SshError(f"could not open an SSH channel to the guest for {command!r}: {exc}") from None
+                time.sleep(0.05)
 
     def run(self, command: str, timeout: float = 60, *, check: bool = False,
             stdout: BinaryIO | None = None, stderr: BinaryIO | None = None) -> CommandResult:
