@@ -9,7 +9,9 @@ Prints a table and writes JSON (``--json``). Figures (median of ``--runs``):
 * cold ``vmprobe probe``: the whole CLI process with the module already built;
 * probe cycle on a live VM: insmod → verify → trigger → rmmod → verify, with
   SysRq and the register check off (they are checks, not the cycle);
-* SSH handshake: connecting to an already booted guest.
+* SSH handshake: connecting to an already booted guest;
+* with ``--matrix``: ``vmprobe matrix`` on the four catalog kernels × three
+  checks with 2 workers (warm caches: kernels and build chroots fetched first).
 
 Usage: benchmarks/boot_and_probe.py [--runs 3] [--accel tcg] [--json out.json]
 """
@@ -69,6 +71,7 @@ def main() -> int:
     ap.add_argument("--accel", default="auto")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--matrix", action="store_true", help="also time the four-kernel matrix")
     args = ap.parse_args()
     kernel = get_kernel(args.kernel)
     module = modules.build(modules.FORK_PROBE, kernel)[0]
@@ -94,6 +97,10 @@ def main() -> int:
             assert report.verdict == "pass", report.summary()
             cycle = sum(v for k, v in report.timings.items() if k != "resolve" and k != "gdb-attach")
             samples["probe_cycle_live"].append(cycle)
+    if args.matrix:
+        kernels = "debian:bullseye,debian:bookworm,debian:trixie,debian:sid"
+        cli("matrix", "--kernels", kernels, "--jobs", "2", "--accel", accel)  # warm: fetches, chroots
+        samples["matrix_4x3_jobs2"] = [cli("matrix", "--kernels", kernels, "--jobs", "2", "--accel", accel)]
     med = {k: statistics.median(v) for k, v in samples.items()}
     ratios = {
         "exec_true_cold / (raw_floor + ssh_handshake)": med["exec_true_cold"] / (med["raw_floor"] + med["ssh_handshake"]),
