@@ -29,29 +29,11 @@
  *     "self-detected stall" once interrupts are back on; seconds=0: the guest
  *     is silent for good, only a host-side timeout or an injected NMI tells).
  */
-#include <linux/atomic.h>
-#include <linux/kernel.h>
-#include <linux/kprobes.h>
-#include <linux/module.h>
-#include <linux/ptrace.h>
 #include <linux/delay.h>
 #include <linux/irqflags.h>
 
-static char *symbol = "kernel_clone";
-module_param(symbol, charp, 0444);
-MODULE_PARM_DESC(symbol, "function to probe");
-
-static unsigned int offset;
-module_param(offset, uint, 0444);
-MODULE_PARM_DESC(offset, "offset into the function");
-
-static char *nonce = "none";
-module_param(nonce, charp, 0444);
-MODULE_PARM_DESC(nonce, "tag printed on every line (per run)");
-
-static bool armed;
-module_param(armed, bool, 0644);
-MODULE_PARM_DESC(armed, "misbehave on the next hit (writable in /sys/module/<name>/parameters)");
+#define FAULT_NAME "spin"
+#include "fault_probe.h"
 
 static unsigned int seconds = 30;
 module_param(seconds, uint, 0444);
@@ -61,56 +43,19 @@ static bool irqs_off = true;
 module_param(irqs_off, bool, 0444);
 MODULE_PARM_DESC(irqs_off, "spin with local interrupts disabled (else only preemption is off)");
 
-static atomic_t fired = ATOMIC_INIT(0);
-static struct kprobe kp;
-
-static int handler_pre(struct kprobe *p, struct pt_regs *regs)
+static void misbehave(struct kprobe *p)
 {
-	if (!READ_ONCE(armed) || atomic_xchg(&fired, 1))
-		return 0;
-	pr_emerg("vmprobe-fault nonce=%s fault=spin addr=%px comm=%s pid=%d seconds=%u irqs_off=%d\n",
-		 nonce, p->addr, current->comm, task_pid_nr(current), seconds, irqs_off);
-	{
-		unsigned long flags = 0;
-		unsigned int ms;
+	unsigned long flags = 0;
+	unsigned int ms;
 
-		if (irqs_off)
-			local_irq_save(flags);
-		/* no cond_resched(), no touch_*_watchdog(): the detectors must see it */
-		for (ms = 0; !seconds || ms < seconds * 1000U; ms++)
-			mdelay(1);
-		if (irqs_off)
-			local_irq_restore(flags);
-	}
-	return 0;
+	pr_emerg("vmprobe-fault nonce=%s fault=spin seconds=%u irqs_off=%d\n", nonce, seconds, irqs_off);
+	if (irqs_off)
+		local_irq_save(flags);
+	/* no cond_resched(), no touch_*_watchdog(): the detectors must see it */
+	for (ms = 0; !seconds || ms < seconds * 1000U; ms++)
+		mdelay(1);
+	if (irqs_off)
+		local_irq_restore(flags);
 }
 
-static int __init fault_init(void)
-{
-	int ret;
-
-	kp.symbol_name = symbol;
-	kp.offset = offset;
-	kp.pre_handler = handler_pre;
-	ret = register_kprobe(&kp);
-	if (ret < 0) {
-		pr_err("vmprobe-error nonce=%s symbol=%s offset=%u register_kprobe=%d\n",
-		       nonce, symbol, offset, ret);
-		return ret;
-	}
-	pr_info("vmprobe-armed nonce=%s symbol=%s offset=%u addr=%px fault=spin armed=%d\n",
-		nonce, symbol, offset, kp.addr, armed);
-	return 0;
-}
-
-static void __exit fault_exit(void)
-{
-	unregister_kprobe(&kp);
-	pr_info("vmprobe-disarmed nonce=%s addr=%px fired=%d nmissed=%lu\n",
-		nonce, kp.addr, atomic_read(&fired), kp.nmissed);
-}
-
-module_init(fault_init);
-module_exit(fault_exit);
-MODULE_LICENSE("GPL");
 MODULE_DESCRIPTION("vmprobe fault module: a pre handler that spins with interrupts disabled");
