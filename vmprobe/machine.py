@@ -42,9 +42,11 @@ logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)  # failures surface as 
 _live: "weakref.WeakSet[Machine]" = weakref.WeakSet()
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Have the kernel send ``sig`` to this process when its parent thread exits
+    (PR_SET_PDEATHSIG); QEMU runs it between fork and exec."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    libc.prctl(1, sig)
 
 
 def _free_port() -> int:
@@ -175,7 +177,7 @@ class Machine:
             try:
                 self.proc = subprocess.Popen(self.command_line, stdin=subprocess.DEVNULL,
                                              stdout=err, stderr=err, start_new_session=True,
-                                             preexec_fn=_die_with_parent)
+                                             preexec_fn=die_with_parent)
             except FileNotFoundError:
                 listener.close()
                 raise QemuError(f"{self.command_line[0]} not found: install QEMU "

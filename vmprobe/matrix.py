@@ -14,7 +14,6 @@ on it), which stops its VM through the usual ``with Machine`` clean-up.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import multiprocessing
 import os
@@ -71,11 +70,6 @@ def checks_for(kernel) -> list[MatrixCheck]:
 
 # --------------------------------------------------------------------------
 # the worker: one kernel, one VM, its checks
-
-def _die_with_parent(sig: int = signal.SIGTERM) -> None:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, sig)  # PR_SET_PDEATHSIG
-
 
 def _tail(text: str, lines: int = CONSOLE_TAIL) -> str:
     return "\n".join(text.rstrip("\n").splitlines()[-lines:])
@@ -157,9 +151,9 @@ def _run_check(machine, module, check: MatrixCheck, probe_check_cls) -> dict:
 
 def _worker(spec: str, check_names: list[str], machine_kw: dict, events) -> None:
     """Entry point of a worker process."""
-    from .machine import install_signal_handlers
+    from .machine import die_with_parent, install_signal_handlers
     install_signal_handlers()          # SIGTERM → SystemExit → the VM is stopped and removed
-    _die_with_parent(signal.SIGTERM)
+    die_with_parent(signal.SIGTERM)
     if os.getppid() == 1:              # the parent died before prctl
         return
 
