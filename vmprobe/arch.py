@@ -21,6 +21,7 @@ class ArchProfile:
     pc_register: str
     flags_register: str
     host_machines: tuple[str, ...]  # platform.machine() values that can run it under KVM
+    control_port: str | None = None  # guest tty of a second serial port (warm starts), if any
 
     @property
     def is_native(self) -> bool:
@@ -32,7 +33,7 @@ PROFILES = {
         name="x86_64", debian_arch="amd64", qemu="qemu-system-x86_64", machine="pc",
         cpu_tcg="max", cpu_kvm="host", console="ttyS0", append=("nopti",),
         gdb_arch="i386:x86-64", pc_register="rip", flags_register="eflags",
-        host_machines=("x86_64",),
+        host_machines=("x86_64",), control_port="ttyS1",
     ),
 }
 

@@ -44,11 +44,19 @@ def _machine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--boot-timeout", type=float, default=120, help="seconds to reach READY (default 120)")
     p.add_argument("--append", action="append", default=[], help="extra kernel command-line argument")
     p.add_argument("--console-log", type=Path, help="save the guest's serial console to this file")
+    _cold_arg(p)
+
+
+def _cold_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cold", action="store_true", default=bool(os.environ.get("VMPROBE_COLD")),
+                   help="boot the kernel instead of restoring the saved warm-start state (fresh "
+                        "KASLR layout and RNG; default $VMPROBE_COLD, else warm)")
 
 
 def _machine(args, kernel) -> Machine:
     return Machine(kernel, accel=args.accel, smp=args.smp, memory=args.memory,
-                   boot_timeout=args.boot_timeout, append=tuple(args.append), log=_log)
+                   boot_timeout=args.boot_timeout, append=tuple(args.append), warm=not args.cold,
+                   log=_log)
 
 
 def _save_console(machine: Machine, path: Path | None) -> None:
@@ -116,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     mx.add_argument("--smp", type=int, default=1, help="guest CPUs (default 1)")
     mx.add_argument("--memory", default="1G", help="guest memory (default 1G)")
     mx.add_argument("--boot-timeout", type=float, default=120, help="seconds to reach READY (default 120)")
+    _cold_arg(mx)
     mx.add_argument("--kernel-timeout", type=float, default=KERNEL_TIMEOUT,
                     help=f"seconds one kernel may take in all, fetch included (default {KERNEL_TIMEOUT:.0f})")
     return parser
@@ -259,7 +268,7 @@ def cmd_matrix(args) -> int:
         parse_spec(spec, catalog)  # a bad spec fails here (exit 64), before any VM starts
     jobs = args.jobs or min(len(specs), os.cpu_count() or 1)
     machine_kw = {"accel": args.accel, "smp": args.smp, "memory": args.memory,
-                  "boot_timeout": args.boot_timeout}
+                  "boot_timeout": args.boot_timeout, "warm": not args.cold}
     _log(f"vmprobe matrix: {len(specs)} kernel(s) × {', '.join(args.checks)} with {jobs} worker(s)")
     result = matrix.run_matrix(specs, args.checks, jobs=jobs, machine_kw=machine_kw,
                                kernel_timeout=args.kernel_timeout)

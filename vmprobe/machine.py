@@ -6,6 +6,10 @@ log, the QMP and gdbstub unix sockets, the run's initrd. SSH is forwarded from
 QEMU runs in its own process group with a parent-death signal, and shutdown
 goes QMP ``quit`` → SIGTERM → SIGKILL on every path, exceptions and signals
 included, then removes the temp dir.
+
+A warm machine (``warm=True``) does not boot: QEMU starts from a saved state
+of the same kernel, rootfs and arguments (see ``snapshot``), and the guest is
+then sent this run's keys, nonce and clock over a second serial port.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import base64
 import secrets
 import select
 import shutil
@@ -38,6 +43,7 @@ from .kernels import Kernel
 from .ssh import GuestSsh, RunKeys
 
 READY = r"VMPROBE-READY {nonce}\b"
+SNAPSHOT_POINT = r"^VMPROBE-SNAPSHOT-POINT$"
 logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)  # failures surface as QemuError
 _live: "weakref.WeakSet[Machine]" = weakref.WeakSet()
 
@@ -66,7 +72,8 @@ class Machine:
 
     def __init__(self, kernel: Kernel, *, accel: str = "auto", memory: str = "1G", smp: int = 1,
                  append: tuple[str, ...] = (), boot_timeout: float = 120, ssh_timeout: float = 30,
-                 qemu_args: tuple[str, ...] = (), log=None):
+                 qemu_args: tuple[str, ...] = (), warm: bool = False, log=None,
+                 _snapshot_source: Path | None = None):
         self.kernel = kernel
         self.profile: ArchProfile = profile_for(kernel.arch)
         self.requested_accel = accel
@@ -86,6 +93,11 @@ class Machine:
         self.timings: dict[str, float] = {}
         self._qemu_stderr: Path | None = None
         self._uploaded: dict[str, str] = {}  # guest path → sha256 of what we copied there
+        # warm starts: restore from a saved state when the arch has a control port for the keys
+        self.warm = bool(warm and self.profile.control_port)
+        self._snapshot_source = _snapshot_source   # the initrd, when this machine makes a snapshot
+        self._incoming: Path | None = None         # the saved state this machine starts from
+        self._control: socket.socket | None = None
 
     # -- paths ---------------------------------------------------------------
     @property
@@ -113,12 +125,22 @@ class Machine:
         self.workdir = Path(tempfile.mkdtemp(prefix="vmprobe-", dir=runtime_dir()))
         os.chmod(self.workdir, 0o700)
         _live.add(self)
-        keys = RunKeys.generate(self.workdir)
-        base = rootfs.build_base(self.kernel)
-        initrd = rootfs.assemble(base, rootfs.run_layer(keys.authorized_key, keys.host_key_file),
-                                 self.workdir / "initrd.img")
-        self.timings["rootfs"] = time.monotonic() - t0
         self.accel = choose_accel(self.requested_accel, self.profile, self.kernel.image_path, self.log)
+        keys = None
+        if self._snapshot_source:
+            initrd = self._snapshot_source
+        elif self.warm:
+            from .snapshot import ensure_snapshot
+            keys = RunKeys.generate(self.workdir)
+            image = ensure_snapshot(self)
+            initrd, self._incoming = image.initrd, image.state
+            self.timings["snapshot"] = image.made_in
+        else:
+            keys = RunKeys.generate(self.workdir)
+            base = rootfs.build_base(self.kernel)
+            initrd = rootfs.assemble(base, rootfs.run_layer(keys.authorized_key, keys.host_key_file),
+                                     self.workdir / "initrd.img")
+        self.timings["rootfs"] = time.monotonic() - t0 - self.timings.get("snapshot", 0)
         t1 = time.monotonic()
         for attempt in range(5):
             self.ssh_port = _free_port()
@@ -129,19 +151,89 @@ class Machine:
                 continue
         else:
             raise QemuError("could not bind a loopback port for the SSH forward after 5 tries")
+        if self._snapshot_source:
+            self.console.expect(SNAPSHOT_POINT, self.boot_timeout,
+                                what=f"the guest's snapshot point (boot of {self.kernel.release} "
+                                     f"under {self.accel})")
+            self.timings["boot"] = time.monotonic() - t1
+            return
+        if self._incoming:
+            self._resume(keys)
         self.console.expect(READY.format(nonce=self.nonce), self.boot_timeout,
-                            what=f"the guest's READY marker (boot of {self.kernel.release} under {self.accel})")
+                            what=f"the guest's READY marker ({'restore' if self._incoming else 'boot'} "
+                                 f"of {self.kernel.release} under {self.accel})")
         self.timings["boot"] = time.monotonic() - t1
         t2 = time.monotonic()
         self.ssh = GuestSsh(self.ssh_port, keys)
         self.ssh.connect(self.ssh_timeout, alive=self.check_alive)
         self.timings["ssh"] = time.monotonic() - t2
 
+    # -- warm starts -----------------------------------------------------------
+    @property
+    def control_socket(self) -> Path:
+        return self.workdir / "control.sock"
+
+    def save_state(self, path: Path, timeout: float = 120) -> None:
+        """Stop the guest and write its whole state to ``path`` (a migration stream)."""
+        self.qmp.cmd("stop")
+        self.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
+        self.qmp.cmd("migrate", uri=f"exec:cat > '{path}'")
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.qmp.cmd("query-migrate")
+            state = status.get("status")
+            if state == "completed":
+                return
+            if state in ("failed", "cancelled"):
+                raise QemuError(f"saving the VM state of {self.kernel.release} to {path} {state}: "
+                                f"{status.get('error-desc', 'no reason given')}")
+            if time.monotonic() > deadline:
+                raise QemuError(f"saving the VM state of {self.kernel.release} did not finish "
+                                f"within {timeout:.0f}s (status {state})")
+            time.sleep(0.02)
+
+    def saved_kallsyms(self) -> Path | None:
+        """The host copy of /proc/kallsyms shared by the restores of this machine's snapshot
+        (read from the first one that asks), or None for a cold machine."""
+        if not self._incoming:
+            return None
+        path = self._incoming.parent / "kallsyms"
+        if not path.exists():
+            from .cache import locked, staging
+            with locked(path):
+                if not path.exists():
+                    text = self.run("cat /proc/kallsyms", 120).stdout
+                    with staging(path, is_dir=False) as tmp:
+                        tmp.write_text(text)
+        return path
+
+    def _resume(self, keys: RunKeys, timeout: float = 60) -> None:
+        """Wait for QEMU to load the saved state, run the guest, and send it this run's line."""
+        deadline = time.monotonic() + timeout
+        while (state := self.qmp.cmd("query-status")["status"]) == "inmigrate":
+            if reason := self._exit_reason():
+                raise QemuError(f"QEMU {reason} while loading the saved state {self._incoming}",
+                                detail=self.qemu_stderr())
+            if time.monotonic() > deadline:
+                raise QemuError(f"QEMU did not finish loading the saved state {self._incoming} "
+                                f"within {timeout:.0f}s")
+            time.sleep(0.01)
+        if state != "running":
+            self.qmp.cmd("cont")
+        line = " ".join((self.nonce, str(int(time.time())),
+                         base64.b64encode(keys.authorized_key.encode()).decode(),
+                         base64.b64encode(keys.host_key_file).decode(), secrets.token_hex(32)))
+        self._control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._control.settimeout(10)
+        self._control.connect(str(self.control_socket))
+        self._control.sendall(line.encode() + b"\n")
+
     def _qemu_command(self, initrd: Path, qmp_path: Path) -> list[str]:
         p = self.profile
+        warm = bool(self._snapshot_source or self._incoming)
         append = [f"console={p.console},115200", "panic=-1",
                   *p.append, "cryptomgr.notests", f"vmprobe.nonce={self.nonce}",
-                  *self.extra_append]
+                  f"vmprobe.warm={p.control_port}" if warm else "", *self.extra_append]
         net = (f"user,id=net0,restrict=on,"
                f"hostfwd=tcp:127.0.0.1:{self.ssh_port}-10.0.2.15:22")
         cmd = [
@@ -161,6 +253,11 @@ class Machine:
             "-device", "pvpanic", "-action", "panic=exit-failure",
             *self.qemu_args,
         ]
+        if warm:  # the control port: identical in the saved and the restored machine
+            cmd += ["-chardev", f"socket,id=ctl0,path={self.control_socket},server=on,wait=off",
+                    "-serial", "chardev:ctl0"]
+        if self._incoming:
+            cmd += ["-incoming", f"exec:cat '{self._incoming}'"]
         return cmd
 
     def _start_qemu(self, initrd: Path) -> None:
@@ -252,6 +349,9 @@ class Machine:
             with contextlib.suppress(Exception):
                 self.ssh.close()
             self.ssh = None
+        if self._control:
+            self._control.close()
+            self._control = None
         if self.proc and self.proc.poll() is None and self.qmp:
             with contextlib.suppress(Exception):
                 self.qmp.cmd("quit")

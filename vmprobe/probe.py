@@ -59,16 +59,30 @@ class _Run:
 
 def resolve_symbols(machine: Machine, names: list[str]) -> dict[str, int]:
     """Text addresses of ``names`` from /proc/kallsyms, first match each (as
-    kallsyms_lookup_name returns); one pass over kallsyms, which is slow under TCG."""
+    kallsyms_lookup_name returns). Reading kallsyms is slow under TCG (≈1 s): a
+    warm machine answers from its snapshot's copy (restores share the layout);
+    the guest is asked only when none of the names is there (e.g. a symbol of a
+    module loaded since)."""
     names = [n for n in names if re.fullmatch(r"[\w.$]+", n)]
     if not names:
         return {}
+    found: dict[str, int] = {}
+    saved = machine.saved_kallsyms()
+    if saved is not None:
+        found = _text_symbols(saved.read_text(errors="replace"), names)
+        if found:
+            return found
     alternation = "|".join(re.escape(n) for n in names)
     out = machine.run(f"grep -E ' [tTwW] ({alternation})( |$)' /proc/kallsyms", 30).stdout
-    found: dict[str, int] = {}
-    for line in out.splitlines():
+    return _text_symbols(out, names)
+
+
+def _text_symbols(kallsyms: str, names: list[str]) -> dict[str, int]:
+    wanted, found = set(names), {}
+    for line in kallsyms.splitlines():
         fields = line.split()
-        if len(fields) >= 3 and fields[2] in names and fields[2] not in found:
+        if (len(fields) >= 3 and fields[2] in wanted and fields[2] not in found
+                and fields[1] in "tTwW"):
             found[fields[2]] = int(fields[0], 16)
     return found
 

@@ -1,0 +1,112 @@
+"""Warm starts: a booted guest saved once, restored by every later run.
+
+Under TCG a cold boot costs seconds before anything is tested. A snapshot is
+made by booting the guest up to its snapshot point (network up, waiting for
+keys on the control port), stopping it, and migrating its state to a file.
+Later machines start QEMU with ``-incoming`` from that file: it is only read,
+so parallel machines share it. Each restored guest then gets its own keys,
+nonce, wall clock and a random seed over the control port (see rootfs/init).
+
+What restores share, by construction: the kernel's KASLR layout, the state of
+its RNG before the seed is mixed in, and everything the guest did up to the
+snapshot point. Tests that need a freshly randomised kernel use a cold boot
+(``--cold``).
+
+A snapshot is keyed by everything that shapes the saved machine: QEMU's
+version, the kernel image, the base initramfs, accelerator, CPU, memory,
+SMP, extra kernel arguments and QEMU arguments. Change any of them and a new
+snapshot is made.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import cache, rootfs
+from .accel import qemu_version
+from .config import cache_dir
+
+if TYPE_CHECKING:
+    from .machine import Machine
+
+FORMAT = "snapshot-v1"
+
+
+@dataclass(frozen=True)
+class WarmImage:
+    directory: Path
+    made_in: float          # seconds spent making it in this run (0 when it was cached)
+
+    @property
+    def state(self) -> Path:
+        return self.directory / "state"
+
+    @property
+    def initrd(self) -> Path:
+        return self.directory / "initrd.img"
+
+    @property
+    def meta(self) -> dict:
+        return json.loads((self.directory / "meta.json").read_text())
+
+
+def snapshot_inputs(m: "Machine", base: rootfs.BaseImage) -> dict:
+    """What the saved state depends on (the key is their hash; meta.json keeps them)."""
+    p = m.profile
+    return {
+        "format": FORMAT,
+        "qemu": qemu_version(p.qemu),
+        "kernel": m.kernel.spec,
+        "release": m.kernel.release,
+        "image_sha256": m.kernel.image_sha256,
+        "rootfs": base.key,
+        "arch": p.name, "machine": p.machine, "accel": m.accel,
+        "cpu": p.cpu_kvm if m.accel == "kvm" else p.cpu_tcg,
+        "memory": m.memory, "smp": m.smp,
+        "append": list(m.extra_append), "qemu_args": list(m.qemu_args),
+    }
+
+
+def ensure_snapshot(m: "Machine") -> WarmImage:
+    """The saved state for machines like ``m`` (same kernel and arguments), made if missing."""
+    base = rootfs.build_base(m.kernel)
+    inputs = snapshot_inputs(m, base)
+    key = cache.digest(json.dumps(inputs, sort_keys=True))
+    directory = cache_dir("snapshots") / key
+    if _complete(directory):
+        return WarmImage(directory, 0.0)
+    with cache.locked(directory):
+        if _complete(directory):  # another run made it while we waited
+            return WarmImage(directory, 0.0)
+        t0 = time.monotonic()
+        with cache.staging(directory) as tmp:
+            _make(m, base, inputs, tmp)
+        made_in = time.monotonic() - t0
+    m.log(f"vmprobe: saved a warm-start snapshot of {m.kernel.release} in {made_in:.1f}s "
+          f"({directory})")
+    return WarmImage(directory, made_in)
+
+
+def _complete(directory: Path) -> bool:
+    return all((directory / name).is_file() for name in ("state", "initrd.img", "meta.json"))
+
+
+def _make(m: "Machine", base: rootfs.BaseImage, inputs: dict, directory: Path) -> None:
+    from .machine import Machine
+    initrd = directory / "initrd.img"
+    shutil.copyfile(base.path, initrd)
+    source = Machine(m.kernel, accel=m.accel, memory=m.memory, smp=m.smp, append=m.extra_append,
+                     qemu_args=m.qemu_args, boot_timeout=m.boot_timeout, log=m.log,
+                     _snapshot_source=initrd)
+    with source:
+        boot = source.timings["boot"]
+        t0 = time.monotonic()
+        source.save_state(directory / "state")
+        saved = time.monotonic() - t0
+    meta = dict(inputs, boot_seconds=round(boot, 3), save_seconds=round(saved, 3),
+                state_bytes=(directory / "state").stat().st_size, created=time.time())
+    (directory / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
