@@ -30,6 +30,7 @@ import time
 import weakref
 from pathlib import Path
 
+from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from . import rootfs
@@ -98,6 +99,7 @@ class Machine:
         self._snapshot_source = _snapshot_source   # the initrd, when this machine makes a snapshot
         self._incoming: Path | None = None         # the saved state this machine starts from
         self._control: socket.socket | None = None
+        self._started = 0.0                        # when QEMU was started (boot timing)
 
     # -- paths ---------------------------------------------------------------
     @property
@@ -126,22 +128,41 @@ class Machine:
         os.chmod(self.workdir, 0o700)
         _live.add(self)
         self.accel = choose_accel(self.requested_accel, self.profile, self.kernel.image_path, self.log)
-        keys = None
         if self._snapshot_source:
-            initrd = self._snapshot_source
-        elif self.warm:
-            from .snapshot import ensure_snapshot
-            keys = RunKeys.generate(self.workdir)
-            image = ensure_snapshot(self)
-            initrd, self._incoming = image.initrd, image.state
-            self.timings["snapshot"] = image.made_in
+            self._start(self._snapshot_source)
+            self.console.expect(SNAPSHOT_POINT, self.boot_timeout,
+                                what=f"the guest's snapshot point (boot of {self.kernel.release} "
+                                     f"under {self.accel})")
+            self.timings["boot"] = time.monotonic() - self._started
+            return
+        keys = RunKeys.generate(self.workdir)
+        if self.warm:
+            try:
+                self._restore(keys)
+            except SnapshotUnusable as exc:
+                from .snapshot import discard_snapshot
+                self.log(f"vmprobe: {exc.message}; making the snapshot again")
+                self._stop_qemu(timeout=1)
+                discard_snapshot(self._incoming.parent)
+                self._restore(keys)
         else:
-            keys = RunKeys.generate(self.workdir)
             base = rootfs.build_base(self.kernel)
             initrd = rootfs.assemble(base, rootfs.run_layer(keys.authorized_key, keys.host_key_file),
                                      self.workdir / "initrd.img")
-        self.timings["rootfs"] = time.monotonic() - t0 - self.timings.get("snapshot", 0)
-        t1 = time.monotonic()
+            self.timings["rootfs"] = time.monotonic() - t0
+            self._start(initrd)
+        self.console.expect(READY.format(nonce=self.nonce), self.boot_timeout,
+                            what=f"the guest's READY marker ({'restore' if self._incoming else 'boot'} "
+                                 f"of {self.kernel.release} under {self.accel})")
+        self.timings["boot"] = time.monotonic() - self._started
+        t2 = time.monotonic()
+        self.ssh = GuestSsh(self.ssh_port, keys)
+        self.ssh.connect(self.ssh_timeout, alive=self.check_alive)
+        self.timings["ssh"] = time.monotonic() - t2
+
+    def _start(self, initrd: Path) -> None:
+        """Start QEMU on a free loopback port for the SSH forward (retried if taken meanwhile)."""
+        self._started = time.monotonic()
         for attempt in range(5):
             self.ssh_port = _free_port()
             try:
@@ -151,22 +172,6 @@ class Machine:
                 continue
         else:
             raise QemuError("could not bind a loopback port for the SSH forward after 5 tries")
-        if self._snapshot_source:
-            self.console.expect(SNAPSHOT_POINT, self.boot_timeout,
-                                what=f"the guest's snapshot point (boot of {self.kernel.release} "
-                                     f"under {self.accel})")
-            self.timings["boot"] = time.monotonic() - t1
-            return
-        if self._incoming:
-            self._resume(keys)
-        self.console.expect(READY.format(nonce=self.nonce), self.boot_timeout,
-                            what=f"the guest's READY marker ({'restore' if self._incoming else 'boot'} "
-                                 f"of {self.kernel.release} under {self.accel})")
-        self.timings["boot"] = time.monotonic() - t1
-        t2 = time.monotonic()
-        self.ssh = GuestSsh(self.ssh_port, keys)
-        self.ssh.connect(self.ssh_timeout, alive=self.check_alive)
-        self.timings["ssh"] = time.monotonic() - t2
 
     # -- warm starts -----------------------------------------------------------
     @property
@@ -207,17 +212,30 @@ class Machine:
                         tmp.write_text(text)
         return path
 
+    def _restore(self, keys: RunKeys) -> None:
+        from .snapshot import ensure_snapshot
+        t0 = time.monotonic()
+        image = ensure_snapshot(self)
+        self._incoming = image.state
+        self.timings["snapshot"] = image.made_in
+        self.timings["rootfs"] = time.monotonic() - t0 - image.made_in
+        self._start(image.initrd)
+        self._resume(keys)
+
     def _resume(self, keys: RunKeys, timeout: float = 60) -> None:
         """Wait for QEMU to load the saved state, run the guest, and send it this run's line."""
         deadline = time.monotonic() + timeout
-        while (state := self.qmp.cmd("query-status")["status"]) == "inmigrate":
-            if reason := self._exit_reason():
-                raise QemuError(f"QEMU {reason} while loading the saved state {self._incoming}",
-                                detail=self.qemu_stderr())
-            if time.monotonic() > deadline:
-                raise QemuError(f"QEMU did not finish loading the saved state {self._incoming} "
-                                f"within {timeout:.0f}s")
-            time.sleep(0.01)
+        what = f"the saved state {self._incoming}"
+        try:
+            while (state := self.qmp.cmd("query-status")["status"]) == "inmigrate":
+                if time.monotonic() > deadline:
+                    raise QemuError(f"QEMU did not finish loading {what} within {timeout:.0f}s")
+                time.sleep(0.01)
+        except QMPError:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(5)
+            raise SnapshotUnusable(f"QEMU {self._exit_reason() or 'stopped answering'} while loading "
+                                   f"{what}", detail=self.qemu_stderr()) from None
         if state != "running":
             self.qmp.cmd("cont")
         line = " ".join((self.nonce, str(int(time.time())),
@@ -349,6 +367,14 @@ class Machine:
             with contextlib.suppress(Exception):
                 self.ssh.close()
             self.ssh = None
+        self._stop_qemu(timeout)
+        if self.console:
+            self.console.refresh()  # keep the final text readable after the dir is gone
+        if self.workdir and self.workdir.exists():
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        _live.discard(self)
+
+    def _stop_qemu(self, timeout: float) -> None:
         if self._control:
             self._control.close()
             self._control = None
@@ -361,11 +387,6 @@ class Machine:
             self.qmp = None
         if self.proc:
             _reap(self.proc, timeout)
-        if self.console:
-            self.console.refresh()  # keep the final text readable after the dir is gone
-        if self.workdir and self.workdir.exists():
-            shutil.rmtree(self.workdir, ignore_errors=True)
-        _live.discard(self)
 
     # -- conveniences --------------------------------------------------------
     def upload(self, local: Path, remote: str, mode: int = 0o644) -> None:
@@ -403,6 +424,10 @@ class Machine:
 
 class _PortTaken(Exception):
     pass
+
+
+class SnapshotUnusable(QemuError):
+    """QEMU could not load a saved state (truncated, corrupted, or made by another build)."""
 
 
 def _reap(proc: subprocess.Popen, timeout: float) -> None:

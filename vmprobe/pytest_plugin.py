@@ -140,6 +140,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--vmprobe-accel", dest="vmprobe_accel", choices=("auto", "kvm", "tcg"),
                     default=os.environ.get("VMPROBE_ACCEL") or "auto",
                     help="QEMU accelerator for the VMs (default $VMPROBE_ACCEL or auto)")
+    group.addoption("--vmprobe-cold", dest="vmprobe_cold", action="store_true",
+                    default=bool(os.environ.get("VMPROBE_COLD")),
+                    help="boot every VM instead of restoring the kernel's warm-start snapshot "
+                         "(fresh KASLR layout and RNG state; default $VMPROBE_COLD)")
     group.addoption("--vmprobe-results", dest="vmprobe_results", metavar="DIR", default=None,
                     help="where failed tests' console logs, dmesg, kprobes list and QEMU command "
                          "line are saved (default <rootdir>/results)")
@@ -172,7 +176,7 @@ def pytest_configure(config: pytest.Config) -> None:
     results = config.getoption("vmprobe_results")
     results_dir = (config.invocation_params.dir / results) if results else config.rootpath / "results"
     state = VmprobeSession(specs=_configured_kernels(config), accel=config.getoption("vmprobe_accel"),
-                           results_dir=results_dir, is_worker=hasattr(config, "workerinput"))
+                           warm=not config.getoption("vmprobe_cold"), results_dir=results_dir, is_worker=hasattr(config, "workerinput"))
     state.open_runtime_dir()
     config.stash[_state_key] = state
     if getattr(config.option, "xmlpath", None) and not state.is_worker:
@@ -205,12 +209,14 @@ class VmprobeSession:
     specs: list[str]
     accel: str
     results_dir: Path
+    warm: bool = True
     is_worker: bool = False
     kernels: dict[str, Any] = field(default_factory=dict)            # spec → Kernel | exception
     # keyed by the kernel's canonical spec (debian:bookworm/cloud-amd64@6.1.0-56)
     machines: dict[str, "Machine"] = field(default_factory=dict)     # live machines
     boot_failures: dict[str, tuple[str, str]] = field(default_factory=dict)  # (error, console)
     console_checked: dict[str, int] = field(default_factory=dict)   # console read up to here for crashes
+    clean_state: dict[str, "GuestState"] = field(default_factory=dict)  # each VM's state after boot
     runtime_dir: Path | None = None          # the session dir this process created (owner only)
     _previous_runtime: str | None = None
     _validated: bool = False
@@ -256,30 +262,41 @@ class VmprobeSession:
 
     # -- machines ------------------------------------------------------------
     def machine(self, kernel: "Kernel") -> "Machine":
+        """The session's VM for this kernel: reused while it is clean (see GuestState), replaced
+        (a warm restore: about a second) after a crash or when a test left something behind."""
         from .machine import Machine
         spec = kernel.spec
         m = self.machines.get(spec)
         if m is not None:
-            why = _unusable(m, self.console_checked.get(spec, 0))
+            why = _unusable(m, self.console_checked.get(spec, 0)) or self._left_behind(spec, m)
             self.console_checked[spec] = len(m.console.text)
             if why is None:
                 return m
-            self.log(f"vmprobe: the VM for {spec} {why}; booting a new one")
+            self.log(f"vmprobe: the VM for {spec} {why}; starting a new one")
             self.machines.pop(spec)
             m.shutdown()
         if spec in self.boot_failures:
             error, _ = self.boot_failures[spec]
             pytest.fail(f"vmprobe: the VM for {spec} failed to boot earlier in this session: {error}",
                         pytrace=False)
-        m = Machine(kernel, accel=self.accel, log=self.log)
+        m = Machine(kernel, accel=self.accel, warm=self.warm, log=self.log)
         try:
             m.__enter__()  # cleans up after itself if the boot fails
+            self.clean_state[spec] = GuestState.read(m)
         except Exception as exc:
             self.boot_failures[spec] = (_render(exc), m.console.text if m.console else "")
+            m.shutdown()
             raise
         self.machines[spec] = m
         self.console_checked[spec] = 0
         return m
+
+    def _left_behind(self, spec: str, m: "Machine") -> str | None:
+        try:
+            now = GuestState.read(m)
+        except Exception as exc:  # the guest does not answer: replace it
+            return f"does not answer ({_render(exc)})"
+        return self.clean_state[spec].difference(now)
 
     def close(self) -> None:
         while self.machines:
@@ -325,6 +342,39 @@ class VmprobeSession:
             if m.proc:
                 traces.add(str(m.proc.pid))
         return traces
+
+
+#: Taint flags every out-of-tree kprobe module sets when it loads (O, E): not a reason to replace a VM.
+MODULE_TAINTS = (1 << 12) | (1 << 13)
+
+
+@dataclass(frozen=True)
+class GuestState:
+    """What a test may leave behind in a shared VM: loaded modules, armed kprobes, new taints."""
+    modules: frozenset[str]
+    kprobes: tuple[str, ...]
+    tainted: int
+
+    @classmethod
+    def read(cls, m: "Machine") -> "GuestState":
+        out = m.run("cut -d' ' -f1 /proc/modules; echo @; cat /sys/kernel/debug/kprobes/list; "
+                    "echo @; cat /proc/sys/kernel/tainted", 30).stdout
+        modules, kprobes, tainted = (out.split("@\n") + ["", "", "0"])[:3]
+        return cls(frozenset(modules.split()), tuple(l for l in kprobes.splitlines() if l.strip()),
+                   int(tainted.strip() or 0))
+
+    def difference(self, now: "GuestState") -> str | None:
+        """Why ``now`` is not as clean as this state, or None."""
+        extra = sorted(now.modules - self.modules)
+        if extra:
+            return f"still has module(s) {', '.join(extra)} loaded"
+        armed = [k for k in now.kprobes if k not in self.kprobes]
+        if armed:
+            return f"still has {len(armed)} kprobe(s) registered ({armed[0]})"
+        new = (now.tainted & ~self.tainted) & ~MODULE_TAINTS
+        if new:
+            return f"was tainted (/proc/sys/kernel/tainted {self.tainted} → {now.tainted})"
+        return None
 
 
 def _unusable(m: "Machine", seen: int) -> str | None:
@@ -472,7 +522,10 @@ def kernel(request: pytest.FixtureRequest) -> "Kernel":
 def vm(request: pytest.FixtureRequest, kernel: "Kernel") -> "Machine":
     """A booted guest of the current kernel (``.run``, ``.ssh``, ``.console``, ``.qmp``,
     ``.gdb_socket``, ``.command_line``), shared by the session's tests on that kernel.
-    A test that crashes it gets the next test a fresh one."""
+    Before each test the VM is checked: if the last test crashed it, left a module loaded
+    or a kprobe registered, or tainted the kernel (beyond the out-of-tree/unsigned module
+    flags), the test gets a fresh VM (restored from the warm-start snapshot unless
+    ``--vmprobe-cold``)."""
     machine = _state(request.config).machine(kernel)
     request.node.stash[_used_vm_key] = (machine, machine.console.mark())
     return machine

@@ -92,7 +92,33 @@ def ensure_snapshot(m: "Machine") -> WarmImage:
 
 
 def _complete(directory: Path) -> bool:
-    return all((directory / name).is_file() for name in ("state", "initrd.img", "meta.json"))
+    """All files there and the state intact. The state's sha256 (≈0.8 s for 120 MB) is checked
+    once per version of the file: a stamp keeps the size, mtime and inode it was checked at."""
+    try:
+        meta = json.loads((directory / "meta.json").read_text())
+        state = directory / "state"
+        if not (directory / "initrd.img").is_file() or state.stat().st_size != meta["state_bytes"]:
+            return False
+        stamp = directory / "verified"
+        if stamp.exists() and stamp.read_text() == _stat_stamp(state):
+            return True
+        if cache.sha256_file(state) != meta["state_sha256"]:
+            return False
+        stamp.write_text(_stat_stamp(state))
+        return True
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def _stat_stamp(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_size} {st.st_mtime_ns} {st.st_ino}"
+
+
+def discard_snapshot(directory: Path) -> None:
+    """Remove a snapshot QEMU could not load, so the next machine makes it again."""
+    with cache.locked(directory):
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _make(m: "Machine", base: rootfs.BaseImage, inputs: dict, directory: Path) -> None:
@@ -107,6 +133,9 @@ def _make(m: "Machine", base: rootfs.BaseImage, inputs: dict, directory: Path) -
         t0 = time.monotonic()
         source.save_state(directory / "state")
         saved = time.monotonic() - t0
+    state = directory / "state"
     meta = dict(inputs, boot_seconds=round(boot, 3), save_seconds=round(saved, 3),
-                state_bytes=(directory / "state").stat().st_size, created=time.time())
+                state_bytes=state.stat().st_size, state_sha256=cache.sha256_file(state),
+                created=time.time())
     (directory / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (directory / "verified").write_text(_stat_stamp(state))

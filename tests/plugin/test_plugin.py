@@ -287,3 +287,58 @@ def test_crashed_vm_is_reported_then_replaced(pytester, accel, no_leaks):
     saved = pytester.path / "res" / "test_crash.py_test_crash_the_guest_debian_bookworm"
     assert "Kernel panic" in (saved / "console.log").read_text()
     assert (saved / "dmesg.txt").read_text().startswith("(not available: the VM is not running: QEMU exited")
+
+
+REUSE = '''
+import os
+
+MODULE = """
+#include <linux/module.h>
+static int __init left_init(void) { return 0; }
+static void __exit left_exit(void) { }
+module_init(left_init);
+module_exit(left_exit);
+MODULE_LICENSE("GPL");
+"""
+
+
+def _note(vm, name):
+    with open(os.path.join(os.environ["VMPROBE_EXAMPLE_NOTES"], "vms.txt"), "a") as f:
+        f.write(f"{vm.nonce} {name}\\n")
+
+
+def test_1_clean(vm):
+    _note(vm, "clean")
+    vm.run("true")
+
+
+def test_2_leaves_a_module_loaded(vm, kprobe_module):
+    _note(vm, "leaves")
+    mod = kprobe_module(MODULE, name="vmprobe_left_behind")
+    vm.upload(mod.path, "/tmp/left.ko")
+    assert vm.run("insmod /tmp/left.ko").status == 0
+
+
+def test_3_gets_a_clean_vm(vm):
+    _note(vm, "after")
+    assert "vmprobe_left_behind" not in vm.run("cat /proc/modules").stdout
+
+
+def test_4_reuses_it(vm):
+    _note(vm, "reused")
+'''
+
+
+@pytest.mark.vm
+def test_vm_is_reused_while_clean_and_replaced_when_a_test_leaves_a_module(pytester, monkeypatch,
+                                                                             accel, no_leaks):
+    notes = pytester.mkdir("notes")
+    monkeypatch.setenv("VMPROBE_EXAMPLE_NOTES", str(notes))
+    pytester.makepyfile(test_reuse=REUSE)
+    result = _run(pytester, accel, "-s")  # -s: the plugin's notes reach stderr
+    result.assert_outcomes(passed=4)
+    nonces = dict(reversed(line.split()) for line in (notes / "vms.txt").read_text().splitlines())
+    assert nonces["clean"] == nonces["leaves"]            # reused: the first test left nothing
+    assert nonces["after"] != nonces["leaves"]            # replaced: a module was left loaded
+    assert nonces["reused"] == nonces["after"]
+    result.stderr.fnmatch_lines(["*still has module(s) vmprobe_left_behind loaded; starting a new one*"])

@@ -1,0 +1,91 @@
+"""Warm starts for real: machines restored from a saved VM state (vmprobe/snapshot.py)."""
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import shutil
+import time
+
+import pytest
+
+from vmprobe.cache import sha256_file
+from vmprobe.errors import GuestCrash, SshError
+from vmprobe.machine import Machine
+from vmprobe.ssh import GuestSsh
+
+
+def _facts(m: Machine) -> dict:
+    out = m.run("date +%s; cat /proc/sys/kernel/random/boot_id; head -c 16 /dev/urandom | od -An -tx1; "
+                "grep -m1 ' kernel_clone$' /proc/kallsyms").stdout.splitlines()
+    return {"epoch": int(out[0]), "boot_id": out[1].strip(), "random": out[2].strip(),
+            "kernel_clone": out[3].split()[0]}
+
+
+def test_restores_share_the_layout_but_not_keys_nonce_clock_or_randomness(kernel, accel, no_leaks):
+    with Machine(kernel, accel=accel, warm=True) as a, Machine(kernel, accel=accel, warm=True) as b:
+        assert a._incoming == b._incoming and a._incoming.is_file()   # one saved state, read by both
+        assert a.nonce != b.nonce
+        for m in (a, b):
+            assert re.search(rf"^VMPROBE-READY {m.nonce}$", m.console.text, re.M)
+            assert "VMPROBE-SNAPSHOT-POINT" not in m.console.text  # the console is this run's only
+        fa, fb = _facts(a), _facts(b)
+        now = time.time()
+        for f in (fa, fb):  # the clock was set at restore, not frozen at save time
+            assert abs(f["epoch"] - now) < 30, f
+        assert fa["boot_id"] != fb["boot_id"] and fa["random"] != fb["random"]
+        # documented: restores of one snapshot share the KASLR layout
+        assert fa["kernel_clone"] == fb["kernel_clone"]
+        # each restore has its own keys: a's keys do not open b (host key and client key differ)
+        with pytest.raises(SshError):
+            GuestSsh(b.ssh_port, a.ssh.keys).connect(5)
+
+
+def test_a_crash_in_a_restored_guest_is_reported(kernel, accel, no_leaks):
+    with Machine(kernel, accel=accel, warm=True) as m:
+        m.run("echo 1 > /proc/sys/kernel/sysrq")
+        with pytest.raises(GuestCrash, match="sysrq triggered crash|Kernel panic|kernel panic"):
+            m.run("echo c > /proc/sysrq-trigger", 30)
+
+
+def test_snapshot_is_made_once_per_inputs_and_remade_when_damaged(kernel, accel, no_leaks):
+    # an extra kernel argument nobody else uses: a snapshot of its own, removed at the end
+    append = (f"vmprobe.test={secrets.token_hex(4)}",)
+    made = None
+    try:
+        with Machine(kernel, accel=accel, warm=True, append=append) as m:
+            made = m._incoming.parent
+            assert m.timings["snapshot"] > 0
+            assert append[0] in m.run("cat /proc/cmdline").stdout
+        with Machine(kernel, accel=accel, warm=True, append=append) as m:
+            assert m._incoming.parent == made and m.timings["snapshot"] == 0
+        with (made / "state").open("r+b") as f:  # damage guest RAM in the saved state
+            f.seek(30_000_000)
+            f.write(b"\xa5" * 4096)
+        with Machine(kernel, accel=accel, warm=True, append=append) as m:
+            assert m.timings["snapshot"] > 0  # the damage was noticed and the state made again
+            assert m.run("echo ok").stdout.strip() == "ok"
+        (made / "state").write_bytes(b"QEVM")  # truncated
+        with Machine(kernel, accel=accel, warm=True, append=append) as m:
+            assert m.timings["snapshot"] > 0
+            assert m.run("echo ok").stdout.strip() == "ok"
+        # a state that passes the file checks but QEMU refuses to load: discarded, made again
+        meta = json.loads((made / "meta.json").read_text())
+        (made / "state").write_bytes(b"QEVM\0\0\0\3" + b"\xff" * 4096)
+        meta.update(state_bytes=4104, state_sha256=sha256_file(made / "state"))
+        (made / "meta.json").write_text(json.dumps(meta))
+        (made / "verified").unlink()
+        messages = []
+        with Machine(kernel, accel=accel, warm=True, append=append, log=messages.append) as m:
+            assert m.timings["snapshot"] > 0
+            assert m.run("echo ok").stdout.strip() == "ok"
+        assert any("while loading the saved state" in msg for msg in messages), messages
+    finally:
+        if made:
+            shutil.rmtree(made, ignore_errors=True)
+
+
+def test_cold_machines_do_not_use_snapshots(kernel, accel, no_leaks):
+    with Machine(kernel, accel=accel, warm=False) as m:
+        assert m._incoming is None and "snapshot" not in m.timings
+        assert "vmprobe.warm=" not in m.run("cat /proc/cmdline").stdout
