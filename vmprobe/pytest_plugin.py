@@ -5,11 +5,14 @@ Loaded through the ``pytest11`` entry point ``vmprobe``. It gives a test suite
 * options ``--vmprobe-kernel SPEC`` (repeatable; default ``[tool.vmprobe]
   kernels = [...]`` in the rootdir's ``pyproject.toml``, else
   ``debian:bookworm``), ``--vmprobe-accel`` (default ``$VMPROBE_ACCEL`` or
-  ``auto``) and ``--vmprobe-results DIR`` (default ``<rootdir>/results``);
+  ``auto``), ``--vmprobe-cold`` (boot VMs instead of restoring the kernel's
+  warm-start snapshot) and ``--vmprobe-results DIR`` (default
+  ``<rootdir>/results``);
 * fixtures ``kernel`` (every test that uses it, directly or through ``vm``,
   runs once per spec; test ids carry the spec), ``vm`` (a booted
   :class:`~vmprobe.machine.Machine`, one per kernel per session and, under
-  pytest-xdist, per worker; a VM that died is replaced), ``kprobe_module``
+  pytest-xdist, per worker; replaced when a test crashed it or left a module,
+  a kprobe or a taint behind), ``kprobe_module``
   (``kprobe_module(path_or_source_text) -> Module`` built against the current
   kernel), ``probe_check`` (``probe_check(**ProbeOptions fields) ->
   ProbeReport`` on the current VM, the same report as ``vmprobe probe``),
