@@ -16,7 +16,8 @@ from typing import Callable
 from .crash import first_fatal
 from .errors import BootTimeout, GuestCrash, VmprobeError
 
-POLL = 0.05
+POLL = 0.05        # longest pause between looks at the log
+FIRST_POLL = 0.005  # the pause starts short and doubles: a quick answer is seen quickly
 
 
 class Console:
@@ -64,6 +65,7 @@ class Console:
         """Wait until ``pattern`` appears after ``since``; raise with the tail otherwise."""
         rx = re.compile(pattern, re.M) if isinstance(pattern, str) else pattern
         deadline = time.monotonic() + timeout
+        pause = FIRST_POLL
         while True:
             text = self.refresh()
             m = rx.search(text, since)
@@ -79,7 +81,8 @@ class Console:
                 raise_qemu_gone(gone, what, self)
             if time.monotonic() >= deadline:
                 raise error(f"timed out after {timeout:.0f}s waiting for {what}", detail=self.tail())
-            time.sleep(POLL)
+            time.sleep(pause)
+            pause = min(pause * 2, POLL)
 
 
 def raise_qemu_gone(reason: str, what: str, console: Console) -> None:
