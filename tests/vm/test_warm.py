@@ -11,6 +11,7 @@ import pytest
 
 from vmprobe.cache import sha256_file
 from vmprobe.errors import GuestCrash, SshError
+from vmprobe.gdb import Gdb
 from vmprobe.machine import Machine
 from vmprobe.ssh import GuestSsh
 
@@ -39,6 +40,16 @@ def test_restores_share_the_layout_but_not_keys_nonce_clock_or_randomness(kernel
         # each restore has its own keys: a's keys do not open b (host key and client key differ)
         with pytest.raises(SshError):
             GuestSsh(b.ssh_port, a.ssh.keys).connect(5)
+        # and its own gdbstub: the same kernel text, read from each, and each guest runs on after
+        address = int(fa["kernel_clone"], 16)
+        texts = []
+        for m in (a, b):
+            with Gdb() as gdb:
+                gdb.attach(m.gdb_socket)
+                texts.append(gdb.read_memory(address, 16))
+                assert gdb.registers(["rip"])["rip"] > 0
+        assert texts[0] == texts[1]
+        assert a.run("echo still running").stdout.strip() == "still running"
 
 
 def test_a_crash_in_a_restored_guest_is_reported(kernel, accel, no_leaks):
