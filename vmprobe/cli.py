@@ -118,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     mx.add_argument("--boot-timeout", type=float, default=120, help="seconds to reach READY (default 120)")
     mx.add_argument("--kernel-timeout", type=float, default=KERNEL_TIMEOUT,
                     help=f"seconds one kernel may take in all, fetch included (default {KERNEL_TIMEOUT:.0f})")
+    dr = sub.add_parser("doctor", help="check the host (QEMU, gdb, KVM by a real test boot, disk, "
+                                       "archive, compilers) and say what to fix")
+    dr.add_argument("--json", action="store_true", help="print the checks as JSON")
+    dr.add_argument("--kvm-timeout", type=float, default=None,
+                    help="seconds the KVM test boot may take (default that of --accel auto)")
     return parser
 
 
@@ -271,11 +276,18 @@ def cmd_matrix(args) -> int:
     return 0 if result["verdict"] == "pass" else 1
 
 
+def cmd_doctor(args) -> int:
+    from . import doctor
+    checks = doctor.run_checks(**({"kvm_timeout": args.kvm_timeout} if args.kvm_timeout else {}), log=_log)
+    print(doctor.to_json(checks) if args.json else doctor.format_checks(checks), end="" if args.json else "\n")
+    return doctor.exit_code(checks)
+
+
 def main(argv: list[str] | None = None) -> int:
     install_signal_handlers()
     args = build_parser().parse_args(argv)
     handler = {"kernels": cmd_kernels, "exec": cmd_exec, "shell": cmd_shell, "probe": cmd_probe,
-               "matrix": cmd_matrix}
+               "matrix": cmd_matrix, "doctor": cmd_doctor}
     try:
         return handler[args.command](args)
     except VmprobeError as exc:
