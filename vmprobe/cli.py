@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import modules
+from . import modules, progress
 from .accel import CHOICES as ACCEL_CHOICES
 from .errors import EXIT_CODES, EXIT_INTERRUPTED, VmprobeError
 from .kernels import DEFAULT_SPEC, get_kernel, list_kernels
@@ -44,11 +44,16 @@ def _machine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--boot-timeout", type=float, default=120, help="seconds to reach READY (default 120)")
     p.add_argument("--append", action="append", default=[], help="extra kernel command-line argument")
     p.add_argument("--console-log", type=Path, help="save the guest's serial console to this file")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="stream the guest's serial console to stderr while the command runs")
 
 
 def _machine(args, kernel) -> Machine:
-    return Machine(kernel, accel=args.accel, smp=args.smp, memory=args.memory,
-                   boot_timeout=args.boot_timeout, append=tuple(args.append), log=_log)
+    machine = Machine(kernel, accel=args.accel, smp=args.smp, memory=args.memory,
+                      boot_timeout=args.boot_timeout, append=tuple(args.append), log=_log)
+    if args.verbose:
+        progress.stream_console(machine)  # ends by itself when the machine does
+    return machine
 
 
 def _save_console(machine: Machine, path: Path | None) -> None:
@@ -297,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         print("vmprobe: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
+        progress.stop_streams()
         with contextlib.suppress(Exception):
             sys.stdout.flush()
 

@@ -22,7 +22,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import accel, cache
+from . import accel, cache, progress
 from .arch import PROFILES, ArchProfile
 from .errors import ConfigError, VmprobeError
 
@@ -148,7 +148,8 @@ def check_accel(kvm_timeout: float = accel.PROBE_TIMEOUT, log=None) -> list[Chec
         if log:
             log(f"vmprobe doctor: test-booting {entry} under KVM "
                 f"(at most {kvm_timeout:.0f}s)")
-        works, why = accel.probe_kvm(profile, image, kvm_timeout)
+        with progress.status(f"test-booting {entry} under KVM"):
+            works, why = accel.probe_kvm(profile, image, kvm_timeout)
         why = _one_line(why)
         verdict = "kvm" if works else "tcg"
         path = accel._verdict_path(profile)
@@ -172,7 +173,8 @@ def check_accel(kvm_timeout: float = accel.PROBE_TIMEOUT, log=None) -> list[Chec
     elif use != "kvm" or verdict != "kvm":  # a working KVM was just booted: no need to repeat it
         if log:
             log(f"vmprobe doctor: test-booting {entry} under {use.upper()}")
-        works, why = accel.probe_kvm(profile, image, TCG_BOOT_TIMEOUT, accel=use)
+        with progress.status(f"test-booting {entry} under {use.upper()}"):
+            works, why = accel.probe_kvm(profile, image, TCG_BOOT_TIMEOUT, accel=use)
         why = _one_line(why)
         out.append(Check(f"{use} boot", OK if works else FAIL, why,
                          "" if works else f"see whether {profile.qemu} can boot this kernel by hand"))

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import cache
+from .. import cache, progress
 from ..config import settings
 from ..errors import ConfigError, FetchError
 
@@ -246,6 +246,8 @@ class PrivateApt:
         from .debversion import sort_key
         return sorted(stanzas, key=lambda f: sort_key(f["Version"]), reverse=True)
 
-    def download(self, packages: list[str], dest: Path) -> None:
-        """``apt-get download name=version…`` into dest (apt checks each hash)."""
-        self.run("apt-get", "download", *packages, cwd=dest)
+    def download(self, packages: list[str], dest: Path, size: int | None = None) -> None:
+        """``apt-get download name=version…`` into dest (apt checks each hash); ``size``, the
+        bytes expected, sizes the progress bar."""
+        with progress.transfer(f"downloading {', '.join(p.split('=')[0] for p in packages)}", dest, size):
+            self.run("apt-get", "download", *packages, cwd=dest)
