@@ -82,23 +82,16 @@ def test_two_shards_run_every_test_exactly_once(pytester, suite):
     assert sorted(len(v) for v in per_shard.values()) == [5, 6]   # balanced
 
 
-def test_shards_are_deterministic_and_follow_other_deselection(pytester, suite):
-    first = _collected(pytester, "--vmprobe-shard", "2/3")
-    assert first == _collected(pytester, "--vmprobe-shard", "2/3")
-    # the split applies to what -k left: 8 tests (not the words) over three shards
-    shards = [_collected(pytester, "-k", "not words", "--vmprobe-shard", f"{i}/3") for i in (1, 2, 3)]
-    union = [t for s in shards for t in s]
-    assert sorted(union) == sorted(_collected(pytester, "-k", "not words"))
-    assert len(set(union)) == len(union) == 8
-    assert sorted(len(s) for s in shards) == [2, 3, 3]
-
-
-def test_shards_split_kernel_parametrized_tests(pytester):
+def test_shards_split_what_is_left_and_kernel_parametrized_tests(pytester, suite):
+    """Three shards (three processes) of what -k leaves, kernel-parametrized tests included."""
     pytester.makepyfile(test_k="def test_k(kernel):\n    pass\n\ndef test_j(kernel):\n    pass\n")
-    kernels = ("--vmprobe-kernel", "debian:bookworm", "--vmprobe-kernel", "debian:bullseye")
-    everything = _collected(pytester, *kernels)
-    one, two = (_collected(pytester, *kernels, "--vmprobe-shard", s) for s in ("1/2", "2/2"))
-    assert len(everything) == 4 and sorted(one + two) == sorted(everything) and not set(one) & set(two)
+    args = ("-k", "not words", "--vmprobe-kernel", "debian:bookworm", "--vmprobe-kernel", "debian:bullseye")
+    everything = _collected(pytester, *args)
+    assert len(everything) == 12 and sum("[debian:" in t for t in everything) == 4, everything
+    shards = [_collected(pytester, *args, "--vmprobe-shard", f"{i}/3") for i in (1, 2, 3)]
+    union = [t for s in shards for t in s]
+    assert sorted(union) == sorted(everything) and len(set(union)) == len(union)
+    assert [len(s) for s in shards] == [4, 4, 4]
 
 
 @pytest.mark.parametrize("bad", ["0/2", "3/2", "x", "1/0", "2", "-1/2", "1/2/3"])
