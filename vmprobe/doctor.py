@@ -154,7 +154,9 @@ def check_accel(kvm_timeout: float = accel.PROBE_TIMEOUT, log=None) -> list[Chec
         verdict = "kvm" if works else "tcg"
         path = accel._verdict_path(profile)
         with cache.locked(path):   # what `--accel auto` reads: keep it in step with what we saw
-            path.write_text(json.dumps({"accel": verdict, "why": why, "time": time.time()}) + "\n")
+            tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+            tmp.write_text(json.dumps({"accel": verdict, "why": why, "time": time.time()}) + "\n")
+            os.replace(tmp, path)  # readers do not take the lock: never show them half a file
         if works:
             kvm = Check("kvm", OK, f"KVM usable: {why}; KVM in use")
         else:
