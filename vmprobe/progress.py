@@ -51,9 +51,14 @@ def _console() -> "Console":
     return Console(stderr=True)
 
 
+def _squeezable(ratio: int | None = None):
+    """A column that is cut with an ellipsis, rather than the line wrapped, when space is short."""
+    from rich.table import Column
+    return Column(no_wrap=True, overflow="ellipsis", ratio=ratio)
+
+
 def _detail_column(detail: Callable[[], str]):
     from rich.progress import ProgressColumn
-    from rich.table import Column
     from rich.text import Text
 
     class Detail(ProgressColumn):
@@ -66,7 +71,7 @@ def _detail_column(detail: Callable[[], str]):
                 text = text[:DETAIL_WIDTH - 1] + "…"
             return Text(text, style="dim", no_wrap=True, overflow="ellipsis")
 
-    return Detail(table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1))
+    return Detail(table_column=_squeezable(ratio=1))
 
 
 @contextlib.contextmanager
@@ -77,7 +82,8 @@ def status(description: str, detail: Callable[[], str] | None = None) -> Iterato
         yield
         return
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-    columns = [SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()]
+    columns = [SpinnerColumn(), TextColumn("{task.description}", table_column=_squeezable()),
+               TimeElapsedColumn()]
     if detail is not None:
         columns.append(_detail_column(detail))
     # expanded, the detail column (ratio 1) takes what is left of the line and no more
@@ -104,9 +110,9 @@ def transfer(description: str, directory: Path, total: int | None = None) -> Ite
     from rich.progress import (BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn,
                                TimeElapsedColumn, TransferSpeedColumn)
     start = dir_size(directory)
-    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-               TransferSpeedColumn(), TimeElapsedColumn()]
-    with Progress(*columns, console=_console(), transient=True) as progress:
+    columns = [SpinnerColumn(), TextColumn("{task.description}", table_column=_squeezable(ratio=1)),
+               BarColumn(bar_width=24), DownloadColumn(), TransferSpeedColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=_console(), transient=True, expand=True) as progress:
         task = progress.add_task(description, total=total or None)
         done = threading.Event()
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .. import cache
+from .. import cache, progress
 from ..config import cache_dir, settings
 from ..errors import FetchError
 from .apt import PrivateApt, mirrors
@@ -183,7 +183,8 @@ class DebianProvider:
                 raise FetchError(f"{files[0].name}: sha256 {digest} does not match the archive's "
                                  f"{stanza['SHA256']}")
             packages.append({"name": stanza["Package"], "version": version, "sha256": digest})
-            _run(["dpkg-deb", "-x", str(files[0]), str(root)])
+            with progress.status(f"unpacking {stanza['Package']}"):
+                _run(["dpkg-deb", "-x", str(files[0]), str(root)])
         for f in debs.iterdir():
             f.unlink()
         debs.rmdir()
