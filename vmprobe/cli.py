@@ -271,6 +271,7 @@ def cmd_matrix(args) -> int:
     machine_kw = {"accel": args.accel, "smp": args.smp, "memory": args.memory,
                   "boot_timeout": args.boot_timeout}
     _log(f"vmprobe matrix: {len(specs)} kernel(s) × {', '.join(args.checks)} with {jobs} worker(s)")
+    os.environ.setdefault("VMPROBE_PROGRESS", "0")  # parallel workers would draw over each other
     result = matrix.run_matrix(specs, args.checks, jobs=jobs, machine_kw=machine_kw,
                                kernel_timeout=args.kernel_timeout)
     print(matrix.format_table(result))
