@@ -49,10 +49,14 @@ def _machine_args(p: argparse.ArgumentParser) -> None:
 
 
 def _machine(args, kernel) -> Machine:
-    machine = Machine(kernel, accel=args.accel, smp=args.smp, memory=args.memory,
-                      boot_timeout=args.boot_timeout, append=tuple(args.append), log=_log)
+    return Machine(kernel, accel=args.accel, smp=args.smp, memory=args.memory,
+                   boot_timeout=args.boot_timeout, append=tuple(args.append), log=_log)
+
+
+def _verbose(args, machine: Machine) -> Machine:
+    """--verbose: stream the machine's console to stderr (ends by itself when the machine does)."""
     if args.verbose:
-        progress.stream_console(machine)  # ends by itself when the machine does
+        progress.stream_console(machine)
     return machine
 
 
@@ -172,6 +176,7 @@ def cmd_exec(args) -> int:
     command = cmd[0] if len(cmd) == 1 else shlex.join(cmd)
     kernel = get_kernel(args.kernel, log=_log)
     machine = _machine(args, kernel)
+    _verbose(args, machine)
     try:
         with machine:
             result = machine.run(command, args.timeout, stdout=sys.stdout.buffer, stderr=sys.stderr.buffer)
@@ -183,6 +188,7 @@ def cmd_exec(args) -> int:
 def cmd_shell(args) -> int:
     kernel = get_kernel(args.kernel, log=_log)
     machine = _machine(args, kernel)
+    _verbose(args, machine)
     try:
         with machine:
             _log(f"vmprobe: {kernel.release} is up; exit the shell to stop the VM")
@@ -236,6 +242,7 @@ def cmd_probe(args) -> int:
                            trigger=args.trigger, module_params=args.module_params,
                            builtin_template=args.module is None, sysrq=args.sysrq)
     machine = _machine(args, kernel)
+    _verbose(args, machine)
     check = None
     try:
         with machine:

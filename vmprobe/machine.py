@@ -99,7 +99,7 @@ class Machine:
     # -- lifecycle -----------------------------------------------------------
     def __enter__(self) -> "Machine":
         try:
-            with progress.status(f"booting {self.kernel.release}", progress.boot_detail(self)):
+            with progress.status(f"starting {self.kernel.release}", progress.boot_detail(self)):
                 self.launch()
         except BaseException:
             self.shutdown()
