@@ -40,12 +40,12 @@ def _machine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accel", choices=ACCEL_CHOICES, default=os.environ.get("VMPROBE_ACCEL", "auto"),
                    help="kvm, tcg, or auto: KVM only if a real test boot works (default auto)")
     p.add_argument("--smp", type=int, default=1, help="guest CPUs (default 1: fastest under TCG)")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="stream the guest's serial console to stderr while the command runs")
     p.add_argument("--memory", default="1G", help="guest memory (default 1G)")
     p.add_argument("--boot-timeout", type=float, default=120, help="seconds to reach READY (default 120)")
     p.add_argument("--append", action="append", default=[], help="extra kernel command-line argument")
     p.add_argument("--console-log", type=Path, help="save the guest's serial console to this file")
-    p.add_argument("--verbose", "-v", action="store_true",
-                   help="stream the guest's serial console to stderr while the command runs")
 
 
 def _machine(args, kernel) -> Machine:
