@@ -41,11 +41,13 @@ def _verdict_path(profile: ArchProfile) -> Path:
     return cache_dir("accel") / f"kvm-{profile.name}-{host}.json"
 
 
-def probe_kvm(profile: ArchProfile, image: Path, timeout: float = PROBE_TIMEOUT) -> tuple[bool, str]:
-    """Boot ``image`` under KVM without a rootfs; True if it reaches the no-root panic."""
+def probe_kvm(profile: ArchProfile, image: Path, timeout: float = PROBE_TIMEOUT,
+              accel: str = "kvm") -> tuple[bool, str]:
+    """Boot ``image`` under KVM (or ``accel``) without a rootfs; True if it reaches the no-root panic."""
     with tempfile.TemporaryDirectory(prefix="vmprobe-kvmprobe-") as tmp:
         log = Path(tmp) / "console.log"
-        cmd = [profile.qemu, "-accel", "kvm", "-cpu", profile.cpu_kvm, "-M", profile.machine,
+        cpu = profile.cpu_kvm if accel == "kvm" else profile.cpu_tcg
+        cmd = [profile.qemu, "-accel", accel, "-cpu", cpu, "-M", profile.machine,
                "-m", "256M", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
                "-chardev", f"file,id=con0,path={log}", "-serial", "chardev:con0",
                "-kernel", str(image), "-append", f"console={profile.console} panic=-1"]
@@ -56,12 +58,13 @@ def probe_kvm(profile: ArchProfile, image: Path, timeout: float = PROBE_TIMEOUT)
             while time.monotonic() - start < timeout:
                 text = log.read_text(errors="replace") if log.exists() else ""
                 if "Kernel panic" in text or "VFS:" in text:
-                    return True, f"KVM boot reached the kernel in {time.monotonic() - start:.1f}s"
+                    return True, f"{accel.upper()} boot reached the kernel in {time.monotonic() - start:.1f}s"
                 if proc.poll() is not None:
                     err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
-                    return False, f"QEMU exited {proc.returncode} under KVM: {err[-300:]}"
+                    return False, f"QEMU exited {proc.returncode} under {accel.upper()}: {err[-300:]}"
                 time.sleep(0.1)
-            return False, f"KVM boot did not reach the kernel's no-root panic in {timeout:.0f}s (nested KVM hang?)"
+            return False, (f"{accel.upper()} boot did not reach the kernel's no-root panic in {timeout:.0f}s"
+                           + (" (nested KVM hang?)" if accel == "kvm" else ""))
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, 9)

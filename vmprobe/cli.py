@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import modules
+from . import modules, progress
 from .accel import CHOICES as ACCEL_CHOICES
 from .errors import EXIT_CODES, EXIT_INTERRUPTED, VmprobeError
 from .kernels import DEFAULT_SPEC, get_kernel, list_kernels
@@ -40,6 +40,8 @@ def _machine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accel", choices=ACCEL_CHOICES, default=os.environ.get("VMPROBE_ACCEL", "auto"),
                    help="kvm, tcg, or auto: KVM only if a real test boot works (default auto)")
     p.add_argument("--smp", type=int, default=1, help="guest CPUs (default 1: fastest under TCG)")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="stream the guest's serial console to stderr while the command runs")
     p.add_argument("--memory", default="1G", help="guest memory (default 1G)")
     p.add_argument("--boot-timeout", type=float, default=120, help="seconds to reach READY (default 120)")
     p.add_argument("--append", action="append", default=[], help="extra kernel command-line argument")
@@ -57,6 +59,13 @@ def _machine(args, kernel) -> Machine:
     return Machine(kernel, accel=args.accel, smp=args.smp, memory=args.memory,
                    boot_timeout=args.boot_timeout, append=tuple(args.append), warm=not args.cold,
                    log=_log)
+
+
+def _verbose(args, machine: Machine) -> Machine:
+    """--verbose: stream the machine's console to stderr (ends by itself when the machine does)."""
+    if args.verbose:
+        progress.stream_console(machine)
+    return machine
 
 
 def _save_console(machine: Machine, path: Path | None) -> None:
@@ -127,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     _cold_arg(mx)
     mx.add_argument("--kernel-timeout", type=float, default=KERNEL_TIMEOUT,
                     help=f"seconds one kernel may take in all, fetch included (default {KERNEL_TIMEOUT:.0f})")
+    dr = sub.add_parser("doctor", help="check the host (QEMU, gdb, KVM by a real test boot, disk, "
+                                       "archive, compilers) and say what to fix")
+    dr.add_argument("--json", action="store_true", help="print the checks as JSON")
+    dr.add_argument("--kvm-timeout", type=float, default=None,
+                    help="seconds the KVM test boot may take (default that of --accel auto)")
     return parser
 
 
@@ -171,6 +185,7 @@ def cmd_exec(args) -> int:
     command = cmd[0] if len(cmd) == 1 else shlex.join(cmd)
     kernel = get_kernel(args.kernel, log=_log)
     machine = _machine(args, kernel)
+    _verbose(args, machine)
     try:
         with machine:
             result = machine.run(command, args.timeout, stdout=sys.stdout.buffer, stderr=sys.stderr.buffer)
@@ -182,6 +197,7 @@ def cmd_exec(args) -> int:
 def cmd_shell(args) -> int:
     kernel = get_kernel(args.kernel, log=_log)
     machine = _machine(args, kernel)
+    _verbose(args, machine)
     try:
         with machine:
             _log(f"vmprobe: {kernel.release} is up; exit the shell to stop the VM")
@@ -235,6 +251,7 @@ def cmd_probe(args) -> int:
                            trigger=args.trigger, module_params=args.module_params,
                            builtin_template=args.module is None, sysrq=args.sysrq)
     machine = _machine(args, kernel)
+    _verbose(args, machine)
     check = None
     try:
         with machine:
@@ -270,6 +287,7 @@ def cmd_matrix(args) -> int:
     machine_kw = {"accel": args.accel, "smp": args.smp, "memory": args.memory,
                   "boot_timeout": args.boot_timeout, "warm": not args.cold}
     _log(f"vmprobe matrix: {len(specs)} kernel(s) × {', '.join(args.checks)} with {jobs} worker(s)")
+    os.environ.setdefault("VMPROBE_PROGRESS", "0")  # parallel workers would draw over each other
     result = matrix.run_matrix(specs, args.checks, jobs=jobs, machine_kw=machine_kw,
                                kernel_timeout=args.kernel_timeout)
     print(matrix.format_table(result))
@@ -280,11 +298,18 @@ def cmd_matrix(args) -> int:
     return 0 if result["verdict"] == "pass" else 1
 
 
+def cmd_doctor(args) -> int:
+    from . import doctor
+    checks = doctor.run_checks(**({"kvm_timeout": args.kvm_timeout} if args.kvm_timeout else {}), log=_log)
+    print(doctor.to_json(checks) if args.json else doctor.format_checks(checks), end="" if args.json else "\n")
+    return doctor.exit_code(checks)
+
+
 def main(argv: list[str] | None = None) -> int:
     install_signal_handlers()
     args = build_parser().parse_args(argv)
     handler = {"kernels": cmd_kernels, "exec": cmd_exec, "shell": cmd_shell, "probe": cmd_probe,
-               "matrix": cmd_matrix}
+               "matrix": cmd_matrix, "doctor": cmd_doctor}
     try:
         return handler[args.command](args)
     except VmprobeError as exc:
@@ -294,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         print("vmprobe: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
+        progress.stop_streams()
         with contextlib.suppress(Exception):
             sys.stdout.flush()
 

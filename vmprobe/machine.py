@@ -33,7 +33,7 @@ from pathlib import Path
 from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from . import rootfs
+from . import progress, rootfs
 from .cache import sha256_file
 from .accel import choose_accel, qemu_version
 from .arch import ArchProfile, profile_for
@@ -113,7 +113,8 @@ class Machine:
     # -- lifecycle -----------------------------------------------------------
     def __enter__(self) -> "Machine":
         try:
-            self.launch()
+            with progress.status(f"starting {self.kernel.release}", progress.boot_detail(self)):
+                self.launch()
         except BaseException:
             self.shutdown()
             raise

@@ -14,7 +14,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import cache
+from . import cache, progress
 from .config import TEMPLATES_DIR, cache_dir
 from .elf import modinfo, read_module
 from .errors import ConfigError, ModuleBuildError
@@ -112,8 +112,9 @@ def _kbuild(source: Path, base: Path, files: list[Path], kernel: Kernel, out: Pa
         if log:
             log(f"vmprobe: building {source.name} for {kernel.release} with {kernel.cc} ({env.where})")
         try:
-            proc = env.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT,
-                           stdin=subprocess.DEVNULL, env=dict(os.environ, LC_ALL="C"))
+            with progress.status(f"building {source.name} for {kernel.release} ({env.where})"):
+                proc = env.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT,
+                               stdin=subprocess.DEVNULL, env=dict(os.environ, LC_ALL="C"))
         except subprocess.TimeoutExpired:
             raise ModuleBuildError(f"building {source} did not finish in {BUILD_TIMEOUT}s") from None
     output = _user_paths(proc.stdout + proc.stderr, env.work_dir, base)

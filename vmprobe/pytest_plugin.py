@@ -150,6 +150,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--vmprobe-results", dest="vmprobe_results", metavar="DIR", default=None,
                     help="where failed tests' console logs, dmesg, kprobes list and QEMU command "
                          "line are saved (default <rootdir>/results)")
+    group.addoption("--vmprobe-shard", dest="vmprobe_shard", metavar="I/N", default=None,
+                    help="run only shard I of N of the collected tests (deterministic; the N "
+                         "shards together run every test once), e.g. 1/2 on one CI runner, 2/2 on another")
 
 
 def _configured_kernels(config: pytest.Config) -> list[str]:
@@ -176,6 +179,7 @@ def pytest_configure(config: pytest.Config) -> None:
                             "matches, e.g. @pytest.mark.kernel('>=5.10,<6.12'); others are skipped")
     config.addinivalue_line("markers", "arch(*names): run only on kernels of these architectures, "
                             "e.g. @pytest.mark.arch('x86_64'); others are skipped")
+    _configure_shard(config)  # a bad I/N is a usage error before anything is set up
     results = config.getoption("vmprobe_results")
     results_dir = (config.invocation_params.dir / results) if results else config.rootpath / "results"
     state = VmprobeSession(specs=_configured_kernels(config), accel=config.getoption("vmprobe_accel"),
@@ -440,6 +444,45 @@ def stop_machines_under(directory: Path) -> list[int]:
     while pids and time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
         time.sleep(0.05)
     return pids
+
+
+# --------------------------------------------------------------------------
+# sharding across CI runners (vmprobe/shard.py)
+
+_shard_key = pytest.StashKey["tuple[int, int]"]()
+_shard_counts_key = pytest.StashKey["tuple[int, int]"]()   # (kept, deselected)
+
+
+def _configure_shard(config: pytest.Config) -> None:
+    text = config.getoption("vmprobe_shard")
+    if text is None:
+        return
+    from .shard import parse_shard
+    try:
+        config.stash[_shard_key] = parse_shard(text)
+    except ValueError as exc:
+        raise pytest.UsageError(f"vmprobe: {exc}") from None
+
+
+@pytest.hookimpl(trylast=True)  # after -k/-m and other plugins have deselected theirs
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    shard = config.stash.get(_shard_key, None)
+    if shard is None:
+        return
+    from .shard import split
+    kept, dropped = split(items, *shard)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+    config.stash[_shard_counts_key] = (len(kept), len(dropped))
+
+
+def pytest_report_collectionfinish(config: pytest.Config) -> str | None:
+    shard, counts = config.stash.get(_shard_key, None), config.stash.get(_shard_counts_key, None)
+    if shard is None or counts is None:
+        return None
+    return (f"vmprobe: shard {shard[0]}/{shard[1]}: running {counts[0]} of {sum(counts)} tests "
+            f"({counts[1]} deselected for the other shards)")
 
 
 # --------------------------------------------------------------------------

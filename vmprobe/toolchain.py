@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from . import cache
+from . import cache, progress
 from .config import cache_dir
 from .errors import ConfigError, FetchError, ModuleBuildError
 from .kernels import Kernel
@@ -63,8 +63,9 @@ def ensure_chroot(kernel: Kernel, log=None) -> Path:
             cmd = ["debootstrap", "--variant=minbase", f"--arch={kernel.arch}", f"--keyring={m.keyring or DEFAULT_KEYRING}",
                    "--include=" + ",".join(kernel.toolchain_packages), kernel.suite, str(tmp), m.debian]
             try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=DEBOOTSTRAP_TIMEOUT,
-                                      stdin=subprocess.DEVNULL)
+                with progress.status(f"debootstrapping the {kernel.suite} build chroot"):
+                    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=DEBOOTSTRAP_TIMEOUT,
+                                          stdin=subprocess.DEVNULL)
             except subprocess.TimeoutExpired:
                 raise FetchError(f"debootstrap of {kernel.suite} did not finish in {DEBOOTSTRAP_TIMEOUT}s") from None
             if proc.returncode != 0:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import cache
+from .. import cache, progress
 from ..config import settings
 from ..errors import ConfigError, FetchError
 
@@ -216,7 +216,8 @@ class PrivateApt:
             return
         with cache.locked(self.root / "state"):
             self.sources_list.write_text(text)
-            out = self.run("apt-get", "update")
+            with progress.status(f"refreshing the {self.sources[0][1]} package lists"):
+                out = self.run("apt-get", "update")
             if re.search(r"^(W|E): .*(NO_PUBKEY|not signed|Release.*expired)", out, re.M):
                 raise FetchError("apt refused the archive's signature", detail=out[-2000:])
             stamp.touch()
@@ -246,6 +247,10 @@ class PrivateApt:
         from .debversion import sort_key
         return sorted(stanzas, key=lambda f: sort_key(f["Version"]), reverse=True)
 
-    def download(self, packages: list[str], dest: Path) -> None:
-        """``apt-get download name=version…`` into dest (apt checks each hash)."""
-        self.run("apt-get", "download", *packages, cwd=dest)
+    def download(self, packages: list[str], dest: Path, size: int | None = None) -> None:
+        """``apt-get download name=version…`` into dest (apt checks each hash); ``size``, the
+        bytes expected, sizes the progress bar."""
+        names = [p.split("=")[0] for p in packages]
+        more = f" (+{len(names) - 1} more)" if len(names) > 1 else ""
+        with progress.transfer(f"downloading {names[0] if names else ''}{more}", dest, size):
+            self.run("apt-get", "download", *packages, cwd=dest)

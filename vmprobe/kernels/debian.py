@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .. import cache
+from .. import cache, progress
 from ..config import cache_dir, settings
 from ..errors import FetchError
 from .apt import PrivateApt, mirrors
@@ -128,7 +128,7 @@ class DebianProvider:
         errors = []
         for stanza in candidates:
             try:
-                apt.download([f"{stanza['Package']}={stanza['Version']}"], debs)
+                apt.download([f"{stanza['Package']}={stanza['Version']}"], debs, _size([stanza]))
                 return stanza
             except FetchError as exc:
                 errors.append(exc)
@@ -168,7 +168,7 @@ class DebianProvider:
         rest.append(self._newest(apt, suite.packages.kbuild.format(**names), version))
         debs = tmp / "debs"
         debs.mkdir()
-        apt.download([f"{s['Package']}={s['Version']}" for s in rest], debs)
+        apt.download([f"{s['Package']}={s['Version']}" for s in rest], debs, _size(rest))
         image = self._download_image(apt, suite, spec, abi, image, debs)
         wanted = [image] + rest
         root = tmp / "root"
@@ -183,7 +183,8 @@ class DebianProvider:
                 raise FetchError(f"{files[0].name}: sha256 {digest} does not match the archive's "
                                  f"{stanza['SHA256']}")
             packages.append({"name": stanza["Package"], "version": version, "sha256": digest})
-            _run(["dpkg-deb", "-x", str(files[0]), str(root)])
+            with progress.status(f"unpacking {stanza['Package']}"):
+                _run(["dpkg-deb", "-x", str(files[0]), str(root)])
         for f in debs.iterdir():
             f.unlink()
         debs.rmdir()
@@ -248,3 +249,9 @@ def _make_relocatable(root: Path, build: Path) -> None:
                 if target.startswith("/"):
                     link.unlink()
                     os.symlink(os.path.relpath(root / target.lstrip("/"), link.parent), link)
+
+
+def _size(stanzas: list[dict]) -> int | None:
+    """The bytes apt will download for these packages (their Size fields), if all say."""
+    sizes = [s.get("Size", "") for s in stanzas]
+    return sum(int(x) for x in sizes) if all(x.isdigit() for x in sizes) else None
