@@ -220,7 +220,12 @@ class Machine:
         self._incoming = image.state
         self.timings["snapshot"] = image.made_in
         self.timings["rootfs"] = time.monotonic() - t0 - image.made_in
-        self._start(image.initrd)
+        try:
+            self._start(image.initrd)
+        except QemuError as exc:  # QEMU may refuse the state before QMP is even up
+            if "migration" not in exc.message:
+                raise
+            raise SnapshotUnusable(exc.message, detail=exc.detail) from None
         self._resume(keys)
 
     def _resume(self, keys: RunKeys, timeout: float = 60) -> None:
