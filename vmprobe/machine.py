@@ -30,7 +30,7 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 from . import rootfs
 from .cache import sha256_file
 from .accel import choose_accel, qemu_version
-from .arch import ArchProfile, profile_for
+from .arch import ArchProfile, image_problem, profile_for
 from .console import Console, raise_qemu_gone
 from .crash import find_crashes, first_fatal
 from .errors import GuestCrash, QemuError, SshError, VmprobeError
@@ -118,6 +118,9 @@ class Machine:
         initrd = rootfs.assemble(base, rootfs.run_layer(keys.authorized_key, keys.host_key_file),
                                  self.workdir / "initrd.img")
         self.timings["rootfs"] = time.monotonic() - t0
+        problem = image_problem(self.profile, self.kernel.image_path)
+        if problem:
+            raise QemuError(problem)
         self.accel = choose_accel(self.requested_accel, self.profile, self.kernel.image_path, self.log)
         t1 = time.monotonic()
         for attempt in range(5):
@@ -158,7 +161,7 @@ class Machine:
             "-netdev", net, "-device", "virtio-net-pci,netdev=net0,romfile=",
             "-object", "rng-random,id=rng0,filename=/dev/urandom",
             "-device", "virtio-rng-pci,rng=rng0",
-            "-device", "pvpanic", "-action", "panic=exit-failure",
+            "-device", p.pvpanic_device, "-action", "panic=exit-failure",
             *self.qemu_args,
         ]
         return cmd
