@@ -26,6 +26,7 @@ class ArchProfile:
     flags_register: str
     host_machines: tuple[str, ...]  # platform.machine() values that can run it under KVM
     pvpanic_device: str = "pvpanic"  # ISA on pc; PCI on virt
+    devices: tuple[str, ...] = ()    # extra -device's (virt has no PS/2 keyboard for QMP send-key)
     image_kind: str = "bzImage"      # what QEMU's -kernel gets: bzImage, or arm64's uncompressed Image
     kbuild_arch: str = ""            # ARCH= for kbuild ("" when the headers' own ARCH is right)
     cross_compile: str = ""          # CROSS_COMPILE= prefix (binutils and CC) for module builds
@@ -65,7 +66,8 @@ PROFILES = {
         # plain `max` emulates the architected pointer-auth cipher: boots ≈3× slower
         cpu_tcg="max,pauth-impdef=on", cpu_kvm="host", console="ttyAMA0", append=("kpti=0",),
         gdb_arch="aarch64", pc_register="pc", flags_register="cpsr",
-        host_machines=("aarch64",), pvpanic_device="pvpanic-pci", image_kind="Image",
+        host_machines=("aarch64",), pvpanic_device="pvpanic-pci", devices=("virtio-keyboard-pci",),
+        image_kind="Image",
         kbuild_arch="arm64", cross_compile="aarch64-linux-gnu-",
         breakpoint_mechanism="brk", has_optprobes=False, has_ftrace_probes=False,
     ),

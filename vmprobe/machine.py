@@ -162,6 +162,7 @@ class Machine:
             "-object", "rng-random,id=rng0,filename=/dev/urandom",
             "-device", "virtio-rng-pci,rng=rng0",
             "-device", p.pvpanic_device, "-action", "panic=exit-failure",
+            *[arg for device in p.devices for arg in ("-device", device)],
             *self.qemu_args,
         ]
         return cmd
