@@ -175,3 +175,11 @@ def test_catalog_missing_key_is_config_error(tmp_path):
 def test_empty_catalog_dir_is_config_error(tmp_path):
     with pytest.raises(ConfigError, match="no kernel catalog"):
         load_catalog(tmp_path)
+
+
+def test_matrix_specs_add_the_other_arches():
+    from vmprobe.kernels.catalog import load_catalog, matrix_specs
+    specs = matrix_specs(load_catalog())
+    assert specs[:2] == ["debian:bullseye", "debian:bookworm"]
+    assert "debian:bookworm/686" in specs and "debian:bookworm/arm64" in specs
+    assert "debian:bookworm/686-pae" not in specs
