@@ -2,7 +2,9 @@
 
 Built in two layers. The base (busybox, dropbear + its ldd closure, the sftp
 server, the init, the kernel's virtio modules in dependency order) depends only
-on its inputs and is cached by their hash. The per-run layer holds this run's
+on its inputs and is cached by their hash. A guest of another architecture
+than the host's gets those programs from its own arch's packages
+(:mod:`vmprobe.guest_userland`). The per-run layer holds this run's
 authorized key and host key; the kernel unpacks concatenated archives in
 order, so the run's initrd is simply base + layer.
 """
