@@ -81,3 +81,16 @@ def test_library_closure_from_dt_needed_on_the_host_tree():
 def test_static_binary_has_no_dynamic_needs():
     data = Path(shutil.which("busybox")).resolve().read_bytes()
     assert machine(data) == "x86_64" and dynamic(data) == (None, [])
+
+
+def test_cached_entries_do_not_mix_686_and_686_pae(tmp_path, monkeypatch):
+    from vmprobe.kernels import debian
+    from vmprobe.kernels.spec import KernelSpec
+    monkeypatch.setattr(debian, "cache_dir", lambda *parts: tmp_path.joinpath(*parts))
+    for name in ("debian-bookworm-686-6.1.0-50-6.1.176-1", "debian-bookworm-686-pae-6.1.0-50-6.1.176-1"):
+        (tmp_path / "kernels" / name).mkdir(parents=True)
+        (tmp_path / "kernels" / name / "kernel.json").write_text("{}")
+    plain = debian.DebianProvider.cached_entries(KernelSpec("debian", "bookworm", "686"))
+    pae = debian.DebianProvider.cached_entries(KernelSpec("debian", "bookworm", "686-pae"))
+    assert [p.name for p in plain] == ["debian-bookworm-686-6.1.0-50-6.1.176-1"]
+    assert [p.name for p in pae] == ["debian-bookworm-686-pae-6.1.0-50-6.1.176-1"]

@@ -72,7 +72,8 @@ class DebianProvider:
 
     @staticmethod
     def cached_entries(spec: KernelSpec) -> list[Path]:
-        pattern = f"debian-{spec.suite}-{spec.flavour}-{spec.abi or '*'}-*"
+        # ABIs start with a digit: "686-[0-9]*" must not also match the 686-pae entries
+        pattern = f"debian-{spec.suite}-{spec.flavour}-{spec.abi or '[0-9]*'}-*"
         found = [p for p in cache_dir("kernels").glob(pattern)
                  if p.is_dir() and (p / "kernel.json").exists()]
         return sorted(found, key=lambda p: sort_key(p.name.rsplit("-", 2)[-2] + "-" + p.name.rsplit("-", 1)[-1]))
