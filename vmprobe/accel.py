@@ -28,7 +28,8 @@ def qemu_version(binary: str) -> str:
     try:
         out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
     except FileNotFoundError:
-        raise ConfigError(f"{binary} not found: install QEMU (apt-get install qemu-system-x86)") from None
+        package = "qemu-system-arm" if "aarch64" in binary or "arm" in binary else "qemu-system-x86"
+        raise ConfigError(f"{binary} not found: install QEMU (apt-get install {package})") from None
     return out.splitlines()[0] if out else "unknown"
 
 

@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "the entry; int3: the next instruction with a post handler; "
                                     "optimized: the same without one). Exits 0 only if all pass.")
     mx.add_argument("--kernels", type=_spec_list, default=None,
-                    help="comma-separated kernel specs (default: every suite in the catalog)")
+                    help="comma-separated kernel specs (default: every suite in the catalog, "
+                         "plus the i386 and arm64 flavours marked matrix = true)")
     mx.add_argument("--checks", type=_check_list(CHECK_NAMES), default=list(CHECK_NAMES),
                     help=f"comma-separated checks to run (default {','.join(CHECK_NAMES)})")
     mx.add_argument("--jobs", "-j", type=int, default=None,
@@ -277,10 +278,10 @@ def cmd_probe(args) -> int:
 def cmd_matrix(args) -> int:
     from . import matrix
     from .kernels import parse_spec
-    from .kernels.catalog import load_catalog
+    from .kernels.catalog import load_catalog, matrix_specs
 
     catalog = load_catalog()
-    specs = args.kernels or [f"debian:{name}" for name in catalog.suites]
+    specs = args.kernels or matrix_specs(catalog)
     for spec in specs:
         parse_spec(spec, catalog)  # a bad spec fails here (exit 64), before any VM starts
     jobs = args.jobs or min(len(specs), os.cpu_count() or 1)

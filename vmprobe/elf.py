@@ -56,3 +56,35 @@ def modinfo(data: bytes) -> dict[str, list[str]]:
             key, _, value = item.decode(errors="replace").partition("=")
             info.setdefault(key, []).append(value)
     return info
+
+
+#: e_machine values of the guests vmprobe runs
+MACHINES = {3: "i386", 62: "x86_64", 183: "aarch64"}
+
+
+def machine(data: bytes) -> str:
+    """The architecture an ELF file is for (``x86_64``, ``i386``, ``aarch64``, or ``em<N>``)."""
+    if data[:4] != b"\x7fELF":
+        raise ValueError("not an ELF file")
+    number, = struct.unpack_from("<H" if data[5] == 1 else ">H", data, 0x12)
+    return MACHINES.get(number, f"em{number}")
+
+
+def dynamic(data: bytes) -> tuple[str | None, list[str]]:
+    """(PT_INTERP path, DT_NEEDED sonames) of an executable or library; (None, []) if static."""
+    interp_raw = section(data, ".interp")
+    interp = interp_raw.rstrip(b"\0").decode() if interp_raw else None
+    dyn, dynstr = section(data, ".dynamic"), section(data, ".dynstr")
+    if not dyn or not dynstr:
+        return interp, []
+    is64, end = data[4] == 2, "<" if data[5] == 1 else ">"
+    fmt = end + ("qQ" if is64 else "iI")
+    size = struct.calcsize(fmt)
+    needed = []
+    for off in range(0, len(dyn) - size + 1, size):
+        tag, value = struct.unpack_from(fmt, dyn, off)
+        if tag == 0:  # DT_NULL
+            break
+        if tag == 1:  # DT_NEEDED
+            needed.append(dynstr[value:dynstr.index(b"\0", value)].decode())
+    return interp, needed

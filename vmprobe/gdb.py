@@ -109,9 +109,24 @@ class Gdb:
                 self.cont()
 
     # -- reads ---------------------------------------------------------------
-    def read_memory(self, address: int, length: int) -> bytes:
-        with self.stopped():
-            rec = self.command(f"-data-read-memory-bytes {address:#x} {length}")
+    def read_memory(self, address: int, length: int, timeout: float = 10) -> bytes:
+        """Read guest memory, stopping the guest for it if it runs.
+
+        An arm64 vCPU stopped at EL0 cannot read kernel memory (QEMU's debug
+        walk applies EL0's permissions, kpti=0 or not): the guest then runs on
+        for a moment and is stopped again until it stops in the kernel.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            was_running = self.running
+            try:
+                with self.stopped():
+                    rec = self.command(f"-data-read-memory-bytes {address:#x} {length}")
+                break
+            except GdbError as exc:
+                if not was_running or "memory" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.02)
         blocks = rec["payload"]["memory"]
         data = bytes.fromhex("".join(b["contents"] for b in blocks))
         if len(data) != length:

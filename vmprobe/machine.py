@@ -36,7 +36,7 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 from . import progress, rootfs
 from .cache import sha256_file
 from .accel import choose_accel, qemu_version
-from .arch import ArchProfile, profile_for
+from .arch import ArchProfile, image_problem, profile_for
 from .console import Console, raise_qemu_gone
 from .crash import find_crashes, first_fatal
 from .errors import GuestCrash, QemuError, SshError, VmprobeError
@@ -128,6 +128,9 @@ class Machine:
         self.workdir = Path(tempfile.mkdtemp(prefix="vmprobe-", dir=runtime_dir()))
         os.chmod(self.workdir, 0o700)
         _live.add(self)
+        problem = image_problem(self.profile, self.kernel.image_path)
+        if problem:
+            raise QemuError(problem)
         self.accel = choose_accel(self.requested_accel, self.profile, self.kernel.image_path, self.log)
         if self._snapshot_source:
             self._start(self._snapshot_source)
@@ -274,7 +277,8 @@ class Machine:
             "-netdev", net, "-device", "virtio-net-pci,netdev=net0,romfile=",
             "-object", "rng-random,id=rng0,filename=/dev/urandom",
             "-device", "virtio-rng-pci,rng=rng0",
-            "-device", "pvpanic", "-action", "panic=exit-failure",
+            "-device", p.pvpanic_device, "-action", "panic=exit-failure",
+            *[arg for device in p.devices for arg in ("-device", device)],
             *self.qemu_args,
         ]
         if warm:  # the control port: identical in the saved and the restored machine

@@ -56,14 +56,24 @@ def checks_for(kernel) -> list[MatrixCheck]:
     arm it at +4), one on the first instruction after the entry is an int3 with
     a post handler and an optimized jump without one. That instruction's offset
     is read from the function's bytes in the guest (``after-entry``).
+    arm64 has neither ftrace-based nor optimized kprobes: all three checks
+    expect the ``brk`` word there (the entry probe on the patch site's first
+    slot, the others past it), which is what proves there is no jump.
     """
-    x86 = kernel.arch in X86
+    from .arch import PROFILES
+    profile = PROFILES.get(kernel.arch)
+    if profile is None:
+        expect = {"entry": None, "int3": None, "optimized": None}
+    else:
+        plain = profile.breakpoint_mechanism
+        expect = {"entry": "ftrace" if profile.has_ftrace_probes else plain, "int3": plain,
+                  "optimized": "optimized" if profile.has_optprobes else plain}
     return [
-        MatrixCheck("entry", 0, True, "ftrace" if x86 else None,
+        MatrixCheck("entry", 0, True, expect["entry"],
                     "probe on the function entry (the fentry site)"),
-        MatrixCheck("int3", AFTER_ENTRY, True, "int3" if x86 else None,
+        MatrixCheck("int3", AFTER_ENTRY, True, expect["int3"],
                     "first instruction after the entry, with a post handler"),
-        MatrixCheck("optimized", AFTER_ENTRY, False, "optimized" if x86 else None,
+        MatrixCheck("optimized", AFTER_ENTRY, False, expect["optimized"],
                     "first instruction after the entry, without a post handler"),
     ]
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import cache, progress
+from .arch import profile_for
 from .config import TEMPLATES_DIR, cache_dir
 from .elf import modinfo, read_module
 from .errors import ConfigError, ModuleBuildError
@@ -81,10 +82,11 @@ def build(source: Path, kernel: Kernel, log=None) -> list[Module]:
         check_vermagic(module, kernel)
         return [module]
     base, files = _sources(source)
-    if kernel.toolchain == "host" and not shutil.which(kernel.cc):
-        raise ConfigError(f"{kernel.cc} not found: modules for {kernel.release} are built with it "
-                          f"(apt-get install {kernel.cc})")
-    key = cache.digest("module-v1", kernel.spec, kernel.version, kernel.cc, kernel.toolchain,
+    cc = kbuild_cc(kernel)
+    if kernel.toolchain == "host" and not shutil.which(cc):
+        raise ConfigError(f"{cc} not found: modules for {kernel.release} ({kernel.arch}) are built with it "
+                          f"(apt-get install {_cc_package(cc)})")
+    key = cache.digest("module-v1", kernel.spec, kernel.version, cc, kernel.toolchain,
                        *[f"{f.relative_to(base)}:{cache.sha256_file(f)}" for f in files])
     target = cache_dir("modules") / key
     if not target.exists():
@@ -107,10 +109,11 @@ def _kbuild(source: Path, base: Path, files: list[Path], kernel: Kernel, out: Pa
     if source.is_file():
         (work / "Kbuild").write_text(f"obj-m := {source.stem}.o\n")
     with build_env(kernel, work, log) as env:
-        cmd = ["make", "-C", env.build_dir, f"M={env.work_dir}", f"CC={kernel.cc}", f"HOSTCC={kernel.cc}",
-               f"-j{os.cpu_count() or 1}", "modules"]
+        cc = kbuild_cc(kernel)
+        cmd = ["make", "-C", env.build_dir, f"M={env.work_dir}", *kbuild_arch_args(kernel),
+               f"CC={cc}", f"HOSTCC={kernel.cc}", f"-j{os.cpu_count() or 1}", "modules"]
         if log:
-            log(f"vmprobe: building {source.name} for {kernel.release} with {kernel.cc} ({env.where})")
+            log(f"vmprobe: building {source.name} for {kernel.release} with {cc} ({env.where})")
         try:
             with progress.status(f"building {source.name} for {kernel.release} ({env.where})"):
                 proc = env.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT,
@@ -124,6 +127,28 @@ def _kbuild(source: Path, base: Path, files: list[Path], kernel: Kernel, out: Pa
     for ko in work.rglob("*.ko"):
         shutil.move(str(ko), out / ko.name)
     shutil.rmtree(work)
+
+
+def kbuild_arch_args(kernel: Kernel) -> list[str]:
+    """ARCH= / CROSS_COMPILE= for a kernel of another architecture than the host's
+    (i386 needs neither: the headers say ARCH=x86 and kbuild adds -m32)."""
+    profile = profile_for(kernel.arch)
+    prefix = profile.cross_prefix()
+    args = [f"ARCH={profile.kbuild_arch}"] if profile.kbuild_arch and prefix else []
+    if prefix and profile.kbuild_arch:
+        args.append(f"CROSS_COMPILE={prefix}")
+    return args
+
+
+def kbuild_cc(kernel: Kernel) -> str:
+    """The compiler for the kernel's modules: the catalog's (e.g. gcc-12), with the cross
+    prefix when kbuild needs a cross toolchain (arm64 on an x86 host)."""
+    return f"{profile_for(kernel.arch).cross_prefix()}{kernel.cc}" if kbuild_arch_args(kernel) else kernel.cc
+
+
+def _cc_package(cc: str) -> str:
+    prefix, _, name = cc.rpartition("-linux-gnu-")
+    return f"{name}-{prefix.replace('_', '-')}-linux-gnu" if prefix else cc
 
 
 def _user_paths(text: str, work: str | Path, base: Path) -> str:

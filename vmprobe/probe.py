@@ -159,7 +159,7 @@ class ProbeCheck:
                 self._insmod(symbol)
             raise ModuleLoadError(f"symbol {symbol} not found in kernel {self.m.kernel.release}")
         with self.phase("gdb-attach"):
-            self.gdb = Gdb(arch=self.m.profile.gdb_arch)
+            self.gdb = Gdb(self.m.profile.gdb_binary, arch=self.m.profile.gdb_arch)
             self.gdb.attach(self.m.gdb_socket)
             self.gdb.cont()
         if opt.offset == AFTER_ENTRY:

@@ -2,7 +2,9 @@
 
 Built in two layers. The base (busybox, dropbear + its ldd closure, the sftp
 server, the init, the kernel's virtio modules in dependency order) depends only
-on its inputs and is cached by their hash. The per-run layer holds this run's
+on its inputs and is cached by their hash. A guest of another architecture
+than the host's gets those programs from its own arch's packages
+(:mod:`vmprobe.guest_userland`). The per-run layer holds this run's
 authorized key and host key; the kernel unpacks concatenated archives in
 order, so the run's initrd is simply base + layer.
 """
@@ -14,12 +16,13 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import cache
+from . import cache, guest_userland
 from .config import ROOTFS_DIR, cache_dir
 from .cpio import NewcArchive
 from .elf import modinfo, read_module
 from .errors import ConfigError
 from .kernels import Kernel
+from .kernels.apt import host_debian_arch
 
 #: Where each host program goes in the guest (dropbear finds the SFTP server there).
 GUEST_PROGRAMS = {
@@ -121,7 +124,9 @@ class BaseImage:
 
 def _base_inputs(kernel: Kernel) -> tuple[list[tuple[str, Path]], list[tuple[str, bytes]]]:
     files: list[tuple[str, Path]] = []
-    for name, (guest_path, _) in GUEST_PROGRAMS.items():
+    if kernel.arch != host_debian_arch():  # the guest's own programs, from its arch's packages
+        files = guest_userland.foreign_programs(kernel)
+    for name, (guest_path, _) in GUEST_PROGRAMS.items() if not files else ():
         host = _find_program(name)
         files.append((guest_path, host))
         for lib in ldd_closure(host):
@@ -164,7 +169,10 @@ def _base_archive(files: list[tuple[str, Path]], modules: list[tuple[str, bytes]
     for guest, host in files:
         a.file(guest, host.read_bytes(), 0o755)
     busybox = next(h for g, h in files if g == "/bin/busybox")
-    applets = subprocess.run([str(busybox), "--list"], capture_output=True, text=True).stdout.split()
+    try:
+        applets = subprocess.run([str(busybox), "--list"], capture_output=True, text=True).stdout.split()
+    except OSError:  # a foreign-arch busybox: /init runs `busybox --install -s` in the guest
+        applets = ["sh"]
     for applet in applets:
         if applet not in ("busybox", "init") and applet:
             a.symlink(f"bin/{applet}", "busybox")

@@ -17,6 +17,10 @@ X86_NOP5S = (X86_NOP5, bytes.fromhex("6666666690"), bytes.fromhex("3e8d742600"))
 X86_ENDBR = (bytes.fromhex("f30f1efa"), bytes.fromhex("f30f1efb"),
              bytes.fromhex("660f1f00"), bytes.fromhex("0f1f40d6"))
 ARM64_BRK = bytes.fromhex("800020d4")
+ARM64_NOP = 0xD503201F
+ARM64_MOV_X9_X30 = 0xAA1E03E9   # the first slot of the ftrace patch site, once ftrace init ran
+#: BTI c/j/jc and PACIASP/PACIBSP hints that can open a function (before the patch site)
+ARM64_LANDING = {0xD503241F, 0xD503245F, 0xD503249F, 0xD50324DF}
 
 #: mechanism → the list flag that must accompany it ('' = none of OPTIMIZED/FTRACE)
 EXPECTED_FLAG = {"int3": "", "brk": "", "optimized": "OPTIMIZED", "ftrace": "FTRACE"}
@@ -74,12 +78,27 @@ def entry_offset(arch: str, function_start: bytes) -> int:
 
     x86: an ENDBR (IBT kernels, 6.12+: 4 bytes, possibly sealed into a NOP),
     then the 5-byte fentry site (``call __fentry__`` or its NOP) → +5 without
-    IBT, +9 with it. Decided from the bytes, not from the kernel version.
+    IBT, +9 with it. arm64 (DYNAMIC_FTRACE_WITH_REGS): an optional BTI landing
+    pad, then the two-instruction patch site (``mov x9, x30`` or a NOP, then
+    ``bl ftrace_caller`` or a NOP) → +8, +12 after a BTI. Decided from the
+    bytes, not from the kernel version.
     """
+    if arch == "aarch64":
+        return _arm64_entry_offset(function_start)
     if arch not in ("x86_64", "i386"):
         return 0
     offset = 4 if function_start[:4] in X86_ENDBR else 0
     site = function_start[offset:offset + 5]
     if site in X86_NOP5S or site[:1] == b"\xe8":
         offset += 5
+    return offset
+
+
+def _arm64_entry_offset(function_start: bytes) -> int:
+    words = [struct.unpack_from("<I", function_start, i)[0] for i in range(0, len(function_start) - 3, 4)]
+    offset = 4 if words and words[0] in ARM64_LANDING else 0
+    first, second = (words[offset // 4:offset // 4 + 2] + [None, None])[:2]
+    is_bl = second is not None and (second & 0xFC000000) == 0x94000000
+    if first in (ARM64_NOP, ARM64_MOV_X9_X30) and (second == ARM64_NOP or is_bl):
+        offset += 8
     return offset

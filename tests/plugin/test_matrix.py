@@ -84,7 +84,12 @@ def test_checks_for_x86_and_others():
         ("entry", 0, True, "ftrace"), ("int3", "after-entry", True, "int3"),
         ("optimized", "after-entry", False, "optimized")]
     assert x86[2].options().post_handler is False and x86[1].options().offset == "after-entry"
-    assert [c.name for c in matrix.checks_for(SimpleNamespace(arch="arm64"))] == list(matrix.CHECK_NAMES)
+    arm64 = matrix.checks_for(SimpleNamespace(arch="arm64"))
+    assert [c.name for c in arm64] == list(matrix.CHECK_NAMES)
+    assert [c.expect_mechanism for c in arm64] == ["brk", "brk", "brk"]   # no ftrace or optprobes
+    i386 = matrix.checks_for(SimpleNamespace(arch="i386"))
+    assert [c.expect_mechanism for c in i386] == ["ftrace", "int3", "optimized"]
+    assert [c.expect_mechanism for c in matrix.checks_for(SimpleNamespace(arch="riscv64"))] == [None] * 3
 
 
 def _sample() -> dict:

@@ -342,3 +342,40 @@ def test_vm_is_reused_while_clean_and_replaced_when_a_test_leaves_a_module(pytes
     assert nonces["after"] != nonces["leaves"]            # replaced: a module was left loaded
     assert nonces["reused"] == nonces["after"]
     result.stderr.fnmatch_lines(["*still has module(s) vmprobe_left_behind loaded; starting a new one*"])
+
+
+ARCHES = '''
+import pytest
+
+
+@pytest.mark.arch("aarch64")
+def test_arm64_brk(vm, kernel, probe_check):
+    assert vm.run("uname -m").stdout.strip() == "aarch64"
+    report = probe_check(offset="after-entry", post_handler=False)
+    assert report.verdict == "pass", report.summary()
+    assert report.probe["mechanism"] == "brk"          # arm64 has no optprobes
+
+
+@pytest.mark.arch("i386")
+def test_i386_int3(vm, kernel, probe_check):
+    assert vm.run("uname -m").stdout.strip() == "i686"
+    report = probe_check(offset="after-entry")
+    assert report.verdict == "pass", report.summary()
+    assert report.probe["mechanism"] == "int3"
+    assert report.registers_at_hit["names"] == ["eip", "eflags"]
+'''
+
+
+@pytest.mark.vm
+def test_foreign_arch_kernels_with_arch_markers(pytester, accel, no_leaks):
+    """i386 and arm64 kernels in the plugin's kernel list: each test runs on its own arch only."""
+    pytester.makepyfile(test_arches=ARCHES)
+    result = _run(pytester, accel, "--vmprobe-kernel", "debian:bookworm/686",
+                  "--vmprobe-kernel", "debian:bookworm/arm64")
+    result.assert_outcomes(passed=2, skipped=2)
+    result.stdout.fnmatch_lines_random([
+        "*test_arm64_brk?debian:bookworm/arm64? PASSED*",
+        "*test_i386_int3?debian:bookworm/686? PASSED*",
+        "*debian:bookworm/686 is i386 (i386); the test needs arch aarch64",
+        "*debian:bookworm/arm64 is aarch64 (arm64); the test needs arch i386",
+    ])

@@ -119,7 +119,8 @@ def fake_kernel(tmp_path):
     mods = tmp_path / "lib/modules/6.1.0-13-cloud-amd64"
     (mods / "kernel/drivers/virtio").mkdir(parents=True)
     return SimpleNamespace(release="6.1.0-13-cloud-amd64", spec="debian:bookworm/cloud-amd64@6.1.0-13",
-                           modules_path=mods, cc="gcc-vmprobe-does-not-exist", toolchain="host")
+                           modules_path=mods, cc="gcc-vmprobe-does-not-exist", toolchain="host",
+                           arch="amd64")
 
 
 @needs_gcc

@@ -139,9 +139,18 @@ def test_entry_offset_x86(start, expected):
     assert entry_offset("x86_64", bytes.fromhex(start)) == expected
 
 
-def test_entry_offset_arm64_is_zero():
+@pytest.mark.parametrize("start, offset", [
+    # bookworm arm64 kernel_clone as read from a guest: mov x9, x30; nop (ftrace site); paciasp
+    ("e9031eaa" "1f2003d5" "3f2303d5" "fd7bbaa9", 8),
+    ("1f2003d5" "1f2003d5" "3f2303d5", 8),                  # before ftrace init: two NOPs
+    ("e9031eaa" "00000094" "3f2303d5", 8),                  # ftrace enabled: bl ftrace_caller
+    ("5f2403d5" "e9031eaa" "1f2003d5" "3f2303d5", 12),      # BTI c first
+    ("3f2303d5" "fd7bbaa9" "fd030091", 0),                  # no patch site (notrace)
+    ("1f2003d5" "fd7bbaa9", 0),                             # one NOP is not a patch site
+])
+def test_entry_offset_arm64(start, offset):
     from vmprobe.sites import entry_offset
-    assert entry_offset("aarch64", bytes.fromhex("1f2003d5" "1f2003d5")) == 0
+    assert entry_offset("aarch64", bytes.fromhex(start)) == offset
 
 
 def test_ftrace_over_k8_nop():

@@ -117,8 +117,18 @@ def test_unknown_flavour_lists_known_flavours(catalog):
 
 
 def test_unknown_flavour_in_shipped_catalog():
+    with pytest.raises(SpecError, match=r"known flavours: 686, 686-pae, amd64, arm64, cloud-amd64, rt-amd64"):
+        parse_spec("debian:bookworm/armhf")
     with pytest.raises(SpecError, match=r"known flavours: amd64, cloud-amd64, rt-amd64"):
-        parse_spec("debian:bookworm/arm64")
+        parse_spec("debian:trixie/arm64")
+
+
+@pytest.mark.parametrize("text, arch", [("debian:bookworm/686", "i386"), ("debian:bookworm/686-pae", "i386"),
+                                        ("debian:bookworm/arm64", "arm64")])
+def test_foreign_arch_specs(text, arch):
+    from vmprobe.kernels import load_catalog
+    spec = parse_spec(text)
+    assert load_catalog().suites[spec.suite].flavours[spec.flavour].arch == arch
 
 
 @pytest.mark.parametrize("text", [
@@ -165,3 +175,11 @@ def test_catalog_missing_key_is_config_error(tmp_path):
 def test_empty_catalog_dir_is_config_error(tmp_path):
     with pytest.raises(ConfigError, match="no kernel catalog"):
         load_catalog(tmp_path)
+
+
+def test_matrix_specs_add_the_other_arches():
+    from vmprobe.kernels.catalog import load_catalog, matrix_specs
+    specs = matrix_specs(load_catalog())
+    assert specs[:2] == ["debian:bullseye", "debian:bookworm"]
+    assert "debian:bookworm/686" in specs and "debian:bookworm/arm64" in specs
+    assert "debian:bookworm/686-pae" not in specs

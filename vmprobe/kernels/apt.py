@@ -8,6 +8,7 @@ package checksums; we only give it its own sources list, lists and cache dirs.
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -148,12 +149,35 @@ def mirrors(etc: Path = Path("/etc/apt")) -> Mirrors:
     return Mirrors(debian.rstrip("/"), security.rstrip("/") if security else None, keyring)
 
 
+@functools.lru_cache(maxsize=1)
+def host_debian_arch() -> str:
+    """The build host's Debian architecture (dpkg's, else from the machine name)."""
+    try:
+        out = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        out = ""
+    if out:
+        return out
+    import platform
+    return {"x86_64": "amd64", "aarch64": "arm64", "i686": "i386"}.get(platform.machine(), platform.machine())
+
+
+def failed_suites(apt_output: str) -> list[str]:
+    """Suites named in apt-get update's ``E: Failed to fetch …/dists/<suite>/…`` lines."""
+    return re.findall(r"^E: Failed to fetch \S+/dists/([^/\s]+)/", apt_output, re.M)
+
+
 class PrivateApt:
     """An apt state of our own for one architecture and one set of suites."""
 
     def __init__(self, root: Path, arch: str, sources: list[tuple[str, str]], keyring: str,
-                 check_valid_until: bool = True):
+                 check_valid_until: bool = True, optional_suites: tuple[str, ...] = ()):
         self.root = root
+        #: suites whose index may fail to download (a mirror mid-sync) without failing
+        #: the update: the others are still used, and the next run tries again
+        self.optional_suites = tuple(optional_suites)
+        self.warnings: list[str] = []
         self.arch = arch
         self.sources = sources
         self.keyring = keyring
@@ -217,7 +241,15 @@ class PrivateApt:
         with cache.locked(self.root / "state"):
             self.sources_list.write_text(text)
             with progress.status(f"refreshing the {self.sources[0][1]} package lists"):
-                out = self.run("apt-get", "update")
+                try:
+                    out = self.run("apt-get", "update")
+                except FetchError as exc:
+                    failed = failed_suites(exc.detail or "")
+                    if not failed or not set(failed) <= set(self.optional_suites):
+                        raise
+                    self.warnings.append(f"the index of {', '.join(sorted(set(failed)))} ({self.arch}) failed "
+                                         f"to download (mirror mid-sync?); using the other suites")
+                    out = ""
             if re.search(r"^(W|E): .*(NO_PUBKEY|not signed|Release.*expired)", out, re.M):
                 raise FetchError("apt refused the archive's signature", detail=out[-2000:])
             stamp.touch()

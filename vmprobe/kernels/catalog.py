@@ -14,6 +14,7 @@ from ..errors import ConfigError
 class Flavour:
     name: str
     arch: str  # Debian architecture: amd64, i386, arm64
+    matrix: bool = False  # also in `vmprobe matrix`'s default kernels (besides each suite's default)
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,8 @@ def _suite(name: str, raw: dict, source: Path) -> Suite:
             default_flavour=raw["default_flavour"],
             toolchain=Toolchain(tc.get("kind", "host"), tc["cc"], tuple(tc.get("packages", ()))),
             packages=Packages(pk["meta"], tuple(pk["images"]), tuple(pk["headers"]), pk["kbuild"]),
-            flavours={fl: Flavour(fl, v["arch"]) for fl, v in raw["flavours"].items()},
+            flavours={fl: Flavour(fl, v["arch"], bool(v.get("matrix", False)))
+                      for fl, v in raw["flavours"].items()},
             check_valid_until=raw.get("check_valid_until", True),
         )
     except KeyError as exc:
@@ -87,3 +89,12 @@ def load_catalog(directory: Path = CATALOG_DIR) -> Catalog:
     if not suites:
         raise ConfigError(f"no kernel catalog found under {directory}")
     return Catalog(suites)
+
+
+def matrix_specs(catalog: Catalog) -> list[str]:
+    """``vmprobe matrix``'s default kernels: each suite's default flavour, then the
+    flavours marked ``matrix = true`` (the other architectures)."""
+    specs = [f"debian:{name}" for name in catalog.suites]
+    specs += [f"debian:{name}/{fl.name}" for name, suite in catalog.suites.items()
+              for fl in suite.flavours.values() if fl.matrix and fl.name != suite.default_flavour]
+    return specs

@@ -11,7 +11,7 @@ from pathlib import Path
 from .. import cache, progress
 from ..config import cache_dir, settings
 from ..errors import FetchError
-from .apt import PrivateApt, mirrors
+from .apt import PrivateApt, host_debian_arch, mirrors
 from .catalog import Catalog, Suite
 from .debversion import sort_key
 from .kernel import Kernel
@@ -29,7 +29,8 @@ class DebianProvider:
         if m.security:
             sources += [(m.security, s) for s in suite.security_suites]
         return PrivateApt(cache_dir("apt", f"{suite.name}-{arch}"), arch, sources, m.keyring,
-                          check_valid_until=suite.check_valid_until)
+                          check_valid_until=suite.check_valid_until,
+                          optional_suites=suite.security_suites)
 
     def _newest(self, apt: PrivateApt, package: str, version: str | None = None) -> dict:
         stanzas = apt.show(package)
@@ -71,7 +72,8 @@ class DebianProvider:
 
     @staticmethod
     def cached_entries(spec: KernelSpec) -> list[Path]:
-        pattern = f"debian-{spec.suite}-{spec.flavour}-{spec.abi or '*'}-*"
+        # ABIs start with a digit: "686-[0-9]*" must not also match the 686-pae entries
+        pattern = f"debian-{spec.suite}-{spec.flavour}-{spec.abi or '[0-9]*'}-*"
         found = [p for p in cache_dir("kernels").glob(pattern)
                  if p.is_dir() and (p / "kernel.json").exists()]
         return sorted(found, key=lambda p: sort_key(p.name.rsplit("-", 2)[-2] + "-" + p.name.rsplit("-", 1)[-1]))
@@ -89,6 +91,8 @@ class DebianProvider:
                 raise
             log(f"vmprobe: warning: archive unreachable ({exc.message}); using cached {cached[-1].name}")
             return Kernel.load(cached[-1])
+        for warning in apt.warnings:
+            log(f"vmprobe: warning: {warning}")
         remembered = self._remembered(apt, spec)
         if remembered:
             try:
@@ -165,10 +169,17 @@ class DebianProvider:
         names = suite.names(spec.flavour, abi)
         rest = [self._newest(apt, p.format(**names), version)
                 for p in suite.packages.images[1:] + suite.packages.headers]
-        rest.append(self._newest(apt, suite.packages.kbuild.format(**names), version))
         debs = tmp / "debs"
         debs.mkdir()
         apt.download([f"{s['Package']}={s['Version']}" for s in rest], debs, _size(rest))
+        # kbuild's tools (fixdep, modpost…) run on the build host: a foreign kernel gets the
+        # host-arch linux-kbuild (Multi-Arch: foreign), from the private state for that arch
+        kapt = apt if apt.arch == host_debian_arch() else self.apt(suite, host_debian_arch())
+        if kapt is not apt:
+            kapt.update(settings().apt_refresh_hours)
+        kbuild = self._newest(kapt, suite.packages.kbuild.format(**names), version)
+        kapt.download([f"{kbuild['Package']}={kbuild['Version']}"], debs, _size([kbuild]))
+        rest.append(kbuild)
         image = self._download_image(apt, suite, spec, abi, image, debs)
         wanted = [image] + rest
         root = tmp / "root"

@@ -43,9 +43,14 @@ static long max_prints = 64;
 module_param(max_prints, long, 0444);
 MODULE_PARM_DESC(max_prints, "print at most this many hit lines");
 
+/* printed with %lx: unsigned long is the register width on i386, x86_64 and arm64 (u64) */
 #if defined(CONFIG_ARM64)
 #define FLAGS_NAME "pstate"
 #define FLAGS_VALUE(regs) ((unsigned long)(regs)->pstate)
+#elif defined(CONFIG_X86) && LINUX_VERSION_CODE < KERNEL_VERSION(2, 6, 25)
+/* before the 2.6.25 pt_regs unification the field had the register's name */
+#define FLAGS_NAME "eflags"
+#define FLAGS_VALUE(regs) ((unsigned long)(regs)->eflags)
 #elif defined(CONFIG_X86)
 #define FLAGS_NAME "eflags"
 #define FLAGS_VALUE(regs) ((unsigned long)(regs)->flags)

@@ -31,6 +31,18 @@ static bool armed;
 module_param(armed, bool, 0644);
 MODULE_PARM_DESC(armed, "misbehave on the next hit (writable in /sys/module/<name>/parameters)");
 
+/* the flags register under each arch's name, printed with %lx (register width) */
+#if defined(CONFIG_ARM64)
+#define FLAGS_NAME "pstate"
+#define FLAGS_VALUE(regs) ((unsigned long)(regs)->pstate)
+#elif defined(CONFIG_X86)
+#define FLAGS_NAME "eflags"
+#define FLAGS_VALUE(regs) ((unsigned long)(regs)->flags)
+#else
+#define FLAGS_NAME "flags"
+#define FLAGS_VALUE(regs) 0UL
+#endif
+
 static atomic_t fired = ATOMIC_INIT(0);
 static struct kprobe kp;
 
@@ -40,8 +52,9 @@ static int handler_pre(struct kprobe *p, struct pt_regs *regs)
 {
 	if (!READ_ONCE(armed) || atomic_xchg(&fired, 1))
 		return 0;
-	pr_emerg("vmprobe-fault nonce=%s fault=%s addr=%px comm=%s pid=%d\n",
-		 nonce, FAULT_NAME, p->addr, current->comm, task_pid_nr(current));
+	pr_emerg("vmprobe-fault nonce=%s fault=%s addr=%px comm=%s pid=%d ip=%lx %s=%lx\n",
+		 nonce, FAULT_NAME, p->addr, current->comm, task_pid_nr(current),
+		 (unsigned long)instruction_pointer(regs), FLAGS_NAME, FLAGS_VALUE(regs));
 	misbehave(p);
 	return 0;
 }
