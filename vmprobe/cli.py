@@ -97,6 +97,22 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fail unless the probe is armed this way")
     pr.add_argument("--json", type=Path, help="write the report as JSON here")
 
+    gd = sub.add_parser("gdb", help="boot a kernel and attach gdb to it, with its symbols",
+                        description="gdb on the guest's gdbstub, with the kernel's symbols (from its "
+                                    "/proc/kallsyms, or the -dbg package's vmlinux) and a module's at "
+                                    "its load address. The VM stops when gdb exits.")
+    _machine_args(gd)
+    gd.add_argument("--module", nargs="?", type=Path, const=modules.FORK_PROBE,
+                    help="load this module (.c, Kbuild dir or .ko; alone: the built-in fork probe) "
+                         "and its symbols")
+    gd.add_argument("--module-params", default="", help="parameters for insmod of --module")
+    gd.add_argument("--vmlinux-dbg", action="store_true",
+                    help="symbols and DWARF from the -dbg package's vmlinux (a 260-800 MB download, cached)")
+    gd.add_argument("--batch", action="store_true", help="run the -ex commands, print, detach, exit")
+    gd.add_argument("-ex", dest="ex", action="append", default=[], metavar="CMD",
+                    help="a gdb command to run after attaching (repeatable)")
+    gd.add_argument("--timeout", type=float, default=300, help="seconds a --batch gdb may run (default 300)")
+
     from .matrix import CHECK_NAMES, KERNEL_TIMEOUT
     mx = sub.add_parser("matrix", help="the probe checks on several kernels, in parallel",
                         description="For each kernel: one VM, the probe checks (entry: ftrace at "
@@ -271,11 +287,16 @@ def cmd_matrix(args) -> int:
     return 0 if result["verdict"] == "pass" else 1
 
 
+def cmd_gdb(args) -> int:
+    from . import debugger
+    return debugger.command(args, lambda kernel: _machine(args, kernel), _log)
+
+
 def main(argv: list[str] | None = None) -> int:
     install_signal_handlers()
     args = build_parser().parse_args(argv)
     handler = {"kernels": cmd_kernels, "exec": cmd_exec, "shell": cmd_shell, "probe": cmd_probe,
-               "matrix": cmd_matrix}
+               "matrix": cmd_matrix, "gdb": cmd_gdb}
     try:
         return handler[args.command](args)
     except VmprobeError as exc:
