@@ -211,7 +211,7 @@ def prepare(machine: Machine, module: Module | None = None, vmlinux: Path | None
 def resume_guest(machine: Machine) -> bool:
     """Resume the guest if gdb left it stopped; True if it had to."""
     try:
-        status = machine.qmp.cmd("query-status")["return"]["status"]
+        status = machine.qmp.cmd("query-status")["status"]
     except Exception as exc:  # noqa: BLE001 - QMP gone means QEMU is gone
         raise GdbError(f"cannot ask QEMU whether the guest runs after gdb: {exc}") from None
     if status in ("debug", "paused"):
@@ -252,8 +252,7 @@ def run_gdb(session: Session, *, batch: bool = False, commands: list[str] = (),
     finally:
         if old is not None:
             signal.signal(signal.SIGINT, old)
-        with contextlib.suppress(GdbError):
-            resume_guest(session.machine)
+        resume_guest(session.machine)
     return status
 
 
