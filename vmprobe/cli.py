@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import modules
+from . import modules, repro
 from .accel import CHOICES as ACCEL_CHOICES
 from .errors import EXIT_CODES, EXIT_INTERRUPTED, VmprobeError
 from .kernels import DEFAULT_SPEC, get_kernel, list_kernels
@@ -112,6 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
     gd.add_argument("-ex", dest="ex", action="append", default=[], metavar="CMD",
                     help="a gdb command to run after attaching (repeatable)")
     gd.add_argument("--timeout", type=float, default=300, help="seconds a --batch gdb may run (default 300)")
+
+    rp = sub.add_parser("repro", help="re-run the failed checks of a probe or matrix JSON report",
+                        description="Boots the report's kernel, builds its module and runs the same "
+                                    "check with the same options and accelerator; says whether the "
+                                    "failure came back and exits with the check's status.")
+    rp.add_argument("report", type=Path, help="REPORT.json from vmprobe probe/matrix --json")
+    rp.add_argument("--keep", action=argparse.BooleanOptionalAction, default=None,
+                    help="keep the VM up afterwards: a shell, and how to attach gdb (default: on a terminal)")
+    rp.add_argument("--all", action="store_true", help="re-run passing checks too")
+    rp.add_argument("--check", help="only the checks whose label contains this (e.g. 'bookworm int3')")
+    rp.add_argument("--accel", choices=ACCEL_CHOICES, default=None,
+                    help="override the report's accelerator")
+    rp.add_argument("--module", type=Path, help="the module source, if it moved since the report")
 
     from .matrix import CHECK_NAMES, KERNEL_TIMEOUT
     mx = sub.add_parser("matrix", help="the probe checks on several kernels, in parallel",
@@ -246,6 +259,7 @@ def cmd_probe(args) -> int:
     try:
         with machine:
             check = ProbeCheck(machine, module, options, log=_log)
+            check.report.repro = repro.inputs(machine, module, args.module, options, args.expect_mechanism)
             report = check.run()
     except VmprobeError:
         if check and args.json:
@@ -292,11 +306,16 @@ def cmd_gdb(args) -> int:
     return debugger.command(args, lambda kernel: _machine(args, kernel), _log)
 
 
+def cmd_repro(args) -> int:
+    return repro.command(args, _log, _interactive)
+
+
 def main(argv: list[str] | None = None) -> int:
     install_signal_handlers()
     args = build_parser().parse_args(argv)
     handler = {"kernels": cmd_kernels, "exec": cmd_exec, "shell": cmd_shell, "probe": cmd_probe,
-               "matrix": cmd_matrix, "gdb": cmd_gdb}
+               "matrix": cmd_matrix, "gdb": cmd_gdb,
+               "repro": cmd_repro}
     try:
         return handler[args.command](args)
     except VmprobeError as exc:
