@@ -210,7 +210,11 @@ def command(args, log, interact) -> int:
         print(outcome.summary)
         same = outcome.same_as(case)
         now = outcome.error.splitlines()[0] if outcome.error else ", ".join(outcome.failed) or "all checks pass"
-        print(f"vmprobe repro: {case.label}: {'REPRODUCED' if same else 'NOT REPRODUCED'} "
+        if case.verdict == "pass":
+            word = "STILL PASSES" if same else "NOW FAILS"
+        else:
+            word = "REPRODUCED" if same else "NOT REPRODUCED"
+        print(f"vmprobe repro: {case.label}: {word} "
               f"— now {outcome.verdict.upper()} ({now}) in {time.monotonic() - t0:.1f}s")
         status = outcome.exit_code if outcome.exit_code else status
     return status

@@ -4,12 +4,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import select
 import subprocess
 import sys
-import time
 
 import pytest
+from terminal import read_until  # tests/vm/terminal.py
 
 
 @pytest.fixture(scope="module")
@@ -55,26 +54,6 @@ def test_repro_reproduces_a_refusal(tmp_path, vmprobe_cli, accel, no_leaks):
                      r"no_such_function_xyz not found", res.stdout), res.stdout
 
 
-def _read_until(fd: int, pattern: str, timeout: float, seen: bytearray) -> re.Match:
-    deadline = time.monotonic() + timeout
-    while True:
-        m = re.search(pattern, seen.decode(errors="replace"))
-        if m:
-            return m
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AssertionError(f"timed out after {timeout}s waiting for {pattern!r} in:\n{seen.decode()}")
-        ready, _, _ = select.select([fd], [], [], min(left, 0.5))
-        if ready:
-            try:
-                data = os.read(fd, 65536)
-            except OSError:
-                data = b""
-            if not data:
-                raise AssertionError(f"the terminal closed waiting for {pattern!r} in:\n{seen.decode()}")
-            seen += data
-
-
 def test_repro_keeps_the_vm_on_a_terminal(failing_report, no_leaks):
     """On a TTY: re-run, then a shell in the guest and a gdb script to attach from elsewhere."""
     master, slave = os.openpty()
@@ -83,17 +62,17 @@ def test_repro_keeps_the_vm_on_a_terminal(failing_report, no_leaks):
     os.close(slave)
     seen = bytearray()
     try:
-        m = _read_until(master, r"attach gdb \(another terminal\): (gdb --nx -q -x (\S+))", 600, seen)
+        m = read_until(master, r"attach gdb \(another terminal\): (gdb --nx -q -x (\S+))", 600, seen)
         assert "REPRODUCED" not in seen.decode()  # the verdict line comes after the shell
         gdb = subprocess.run(["gdb", "--nx", "-q", "-x", m[2], "--batch", "-ex", "info symbol kernel_clone",
                               "-ex", "detach"], capture_output=True, text=True, timeout=120,
                              stdin=subprocess.DEVNULL)
         assert "kernel_clone in section .kallsyms" in gdb.stdout, gdb.stdout + gdb.stderr
-        _read_until(master, r"# ", 60, seen)              # the guest's shell prompt
+        read_until(master, r"# ", 60, seen)              # the guest's shell prompt
         os.write(master, b"uname -r; echo DONE-$((40+2))\n")
-        _read_until(master, r"6\.1\.0-\d+-cloud-amd64\s+DONE-42", 60, seen)
+        read_until(master, r"6\.1\.0-\d+-cloud-amd64\s+DONE-42", 60, seen)
         os.write(master, b"exit\n")
-        _read_until(master, r"REPRODUCED — now FAIL", 60, seen)
+        read_until(master, r"REPRODUCED — now FAIL", 60, seen)
         assert proc.wait(60) == 1
     finally:
         if proc.poll() is None:
