@@ -54,7 +54,8 @@ def inputs(machine, module, source: Path | None, options: ProbeOptions,
         "expect_mechanism": expect_mechanism,
         "machine": {"accel": machine.accel, "requested_accel": machine.requested_accel,
                     "smp": machine.smp, "memory": machine.memory,
-                    "append": list(machine.extra_append), "boot_timeout": machine.boot_timeout},
+                    "append": list(machine.extra_append), "boot_timeout": machine.boot_timeout,
+                    "warm": getattr(machine, "warm", None)},   # restored from a saved state
     }
 
 
@@ -164,9 +165,10 @@ def rerun(case: Case, *, accel: str | None = None, module: Path | None = None, l
     if ko_digest and cache.sha256_file(built.path) != ko_digest:
         log("vmprobe: note: the rebuilt .ko differs from the report's (same sources, other build)")
     m = r.get("machine", {})
+    extra = {"warm": m["warm"]} if m.get("warm") is not None else {}
     machine = Machine(kernel, accel=accel or m.get("accel") or "auto", smp=m.get("smp", 1),
                       memory=m.get("memory", "1G"), append=tuple(m.get("append", ())),
-                      boot_timeout=m.get("boot_timeout", 120), log=log)
+                      boot_timeout=m.get("boot_timeout", 120), log=log, **extra)
     with machine:
         check = ProbeCheck(machine, built, options, log=log)
         check.report.repro = inputs(machine, built, None if source == modules.FORK_PROBE else source,

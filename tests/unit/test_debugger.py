@@ -34,6 +34,7 @@ def test_assembly_sizes_types_and_duplicates():
     assert base == 0xffffffff81000000
     assert "fixed_percpu_data" not in asm                      # per-CPU offsets are not addresses
     assert '.size "kernel_clone", 0x150' in asm                # up to the next symbol
+    assert '.size "_text", 0x1000' in asm and '.size "startup_64", 0x1000' in asm  # aliases
     assert '.type "init_task", %object' in asm and '.type "kernel_clone", %function' in asm
     assert '"show_state":' in asm and '"show_state.dup2":' in asm
     assert asm.rstrip().endswith(".org 0x1400000")
