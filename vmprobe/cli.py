@@ -303,7 +303,16 @@ def cmd_matrix(args) -> int:
 
 def cmd_gdb(args) -> int:
     from . import debugger
-    return debugger.command(args, lambda kernel: _machine(args, kernel), _log)
+    machines: list[Machine] = []
+
+    def make(kernel) -> Machine:
+        machines.append(_machine(args, kernel))
+        return machines[-1]
+    try:
+        return debugger.command(args, make, _log)
+    finally:
+        for machine in machines:
+            _save_console(machine, args.console_log)
 
 
 def cmd_repro(args) -> int:

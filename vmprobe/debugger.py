@@ -243,6 +243,7 @@ def run_gdb(session: Session, *, batch: bool = False, commands: list[str] = (),
             cmd += ["-ex", c]
     # Interactive: Ctrl-C belongs to gdb (it interrupts the guest), not to us.
     old = signal.signal(signal.SIGINT, signal.SIG_IGN) if not batch else None
+    proc = None
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL if batch else None,
                                 stdout=stdout, stderr=subprocess.STDOUT if stdout else None,
@@ -252,14 +253,17 @@ def run_gdb(session: Session, *, batch: bool = False, commands: list[str] = (),
         except subprocess.TimeoutExpired:
             raise GdbError(f"gdb did not finish its batch commands within {timeout:.0f}s: "
                            f"{shlex.join(cmd)}") from None
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(5)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the first error is the one to report
+            resume_guest(session.machine)
+        raise
     finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
         if old is not None:
             signal.signal(signal.SIGINT, old)
-        resume_guest(session.machine)
+    resume_guest(session.machine)
     return status
 
 

@@ -225,7 +225,15 @@ def command(args, log, interact) -> int:
 def _keep(machine, check, outcome, interact, log) -> None:
     """Keep the VM up: print how to attach gdb and to arm the module again, open a shell."""
     from . import debugger
-    session = debugger.prepare(machine, None, None, log)
+    gone = machine._exit_reason()
+    if gone:
+        log(f"vmprobe repro: nothing to keep: QEMU {gone}")
+        return
+    try:
+        session = debugger.prepare(machine, None, None, log)
+    except VmprobeError as exc:
+        log(f"vmprobe repro: cannot keep the VM for inspection: {exc.render()}")
+        return
     probe = check.report.probe
     opt = check.opt
     remote = f"/tmp/{check.module.path.name}"
