@@ -171,8 +171,14 @@ class Session:
     kaslr_offset: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
-    def gdb_command(self, binary: str = "gdb") -> list[str]:
-        return [binary, "--nx", "--quiet", "-x", str(self.script)]
+    @property
+    def gdb_binary(self) -> str:
+        """The host's gdb for x86 guests; gdb-multiarch for others (when installed)."""
+        native = self.machine.profile.name in ("x86_64", "i386")
+        return "gdb" if native or not shutil.which("gdb-multiarch") else "gdb-multiarch"
+
+    def gdb_command(self, binary: str | None = None) -> list[str]:
+        return [binary or self.gdb_binary, "--nx", "--quiet", "-x", str(self.script)]
 
 
 def prepare(machine: Machine, module: Module | None = None, vmlinux: Path | None = None,
@@ -228,11 +234,12 @@ def resume_guest(machine: Machine) -> bool:
 
 
 def run_gdb(session: Session, *, batch: bool = False, commands: list[str] = (),
-            timeout: float = GDB_TIMEOUT, stdout=None, gdb_binary: str = "gdb") -> int:
+            timeout: float = GDB_TIMEOUT, stdout=None, gdb_binary: str | None = None) -> int:
     """Run gdb on the session: interactive on this terminal, or ``batch`` with ``commands``
     (then detached). Returns gdb's exit status; the guest runs afterwards."""
+    gdb_binary = gdb_binary or session.gdb_binary
     if not shutil.which(gdb_binary):
-        raise ConfigError(f"{gdb_binary} not found: install gdb")
+        raise ConfigError(f"{gdb_binary} not found: install gdb (gdb-multiarch for foreign guests)")
     cmd = session.gdb_command(gdb_binary)
     if batch:
         cmd.insert(1, "--batch")
@@ -278,7 +285,7 @@ def _gdb_child(batch: bool):
 
 def hint(session: Session) -> str:
     """How to attach from another terminal while the machine is up."""
-    return f"gdb --nx -q -x {session.script}"
+    return f"{session.gdb_binary} --nx -q -x {session.script}"
 
 
 __all__ = ["KSym", "Session", "kallsyms_assembly", "kallsyms_object", "module_sections",
