@@ -76,7 +76,7 @@ def _error_kind(error: str | None) -> str | None:
     """The error's kind ("module load failed", …) from a report's error text."""
     if not error:
         return None
-    return error.split(" in phase ", 1)[0].split(": ", 1)[0].removeprefix("vmprobe: ").strip()
+    return error.removeprefix("vmprobe: ").split(" in phase ", 1)[0].split(": ", 1)[0].strip()
 
 
 def load_cases(data: dict, *, every: bool = False) -> list[Case]:

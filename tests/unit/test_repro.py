@@ -60,6 +60,10 @@ def test_same_failure_means_same_failed_checks_or_same_error_kind():
     err = Case("probe", REPRO, "error", [], "module load failed in phase insmod: symbol x not found")
     assert Outcome("error", [], "module load failed in phase insmod: symbol x not found …", "", 75).same_as(err)
     assert not Outcome("error", [], "kernel crash in phase trigger: BUG", "", 69).same_as(err)
+    # a matrix records the rendered error ("vmprobe: <kind>: …"): the same kind either way
+    matrix_err = Case("debian:bookworm int3", REPRO, "error", [], "vmprobe: module load failed: symbol x …")
+    assert Outcome("error", [], "module load failed in phase insmod: symbol x", "", 75).same_as(matrix_err)
+    assert not Outcome("error", [], "vmprobe: kernel crash: BUG at …", "", 69).same_as(matrix_err)
 
 
 def test_changed_module_source_is_reported(tmp_path):
