@@ -147,7 +147,7 @@ def _module_source(repro: dict, override: Path | None, log) -> Path:
 
 def rerun(case: Case, *, accel: str | None = None, module: Path | None = None, log=None,
           keep=None) -> Outcome:
-    """Run the case's check again; ``keep(machine, check)`` is called with the VM still up."""
+    """Run the case's check again; ``keep(machine, check, outcome)`` is called with the VM still up."""
     from .kernels import get_kernel
     from .machine import Machine
     from .probe import ProbeCheck
@@ -207,22 +207,35 @@ def command(args, log, interact) -> int:
         was = case.error.splitlines()[0] if case.error else ", ".join(case.failed) or case.verdict
         log(f"vmprobe repro: {case.label}: was {case.verdict.upper()} ({was})")
         t0 = time.monotonic()
-        outcome = rerun(case, accel=args.accel, module=args.module, log=log,
-                        keep=(lambda m, c, o: _keep(m, c, o, interact, log)) if keep else None)
-        print(outcome.summary)
-        same = outcome.same_as(case)
-        now = outcome.error.splitlines()[0] if outcome.error else ", ".join(outcome.failed) or "all checks pass"
-        if case.verdict == "pass":
-            word = "STILL PASSES" if same else "NOW FAILS"
-        else:
-            word = "REPRODUCED" if same else "NOT REPRODUCED"
-        print(f"vmprobe repro: {case.label}: {word} "
-              f"— now {outcome.verdict.upper()} ({now}) in {time.monotonic() - t0:.1f}s")
+        told = []
+
+        def tell(outcome: Outcome) -> None:  # the outcome first, then (with --keep) the shell
+            print(outcome.summary)
+            print(verdict_line(case, outcome, time.monotonic() - t0), flush=True)
+            told.append(True)
+
+        def kept(machine, check, outcome: Outcome) -> None:
+            tell(outcome)
+            _keep(machine, check, interact, log)
+
+        outcome = rerun(case, accel=args.accel, module=args.module, log=log, keep=kept if keep else None)
+        if not told:
+            tell(outcome)
         status = outcome.exit_code if outcome.exit_code else status
     return status
 
 
-def _keep(machine, check, outcome, interact, log) -> None:
+def verdict_line(case: Case, outcome: Outcome, seconds: float) -> str:
+    same = outcome.same_as(case)
+    now = outcome.error.splitlines()[0] if outcome.error else ", ".join(outcome.failed) or "all checks pass"
+    if case.verdict == "pass":
+        word = "STILL PASSES" if same else "NOW FAILS"
+    else:
+        word = "REPRODUCED" if same else "NOT REPRODUCED"
+    return f"vmprobe repro: {case.label}: {word} — now {outcome.verdict.upper()} ({now}) in {seconds:.1f}s"
+
+
+def _keep(machine, check, interact, log) -> None:
     """Keep the VM up: print how to attach gdb and to arm the module again, open a shell."""
     from . import debugger
     gone = machine._exit_reason()

@@ -62,8 +62,8 @@ def test_repro_keeps_the_vm_on_a_terminal(failing_report, no_leaks):
     os.close(slave)
     seen = bytearray()
     try:
-        m = read_until(master, r"attach gdb \(another terminal\): (gdb --nx -q -x (\S+))", 600, seen)
-        assert "REPRODUCED" not in seen.decode()  # the verdict line comes after the shell
+        read_until(master, r"REPRODUCED — now FAIL", 600, seen)   # the outcome comes first
+        m = read_until(master, r"attach gdb \(another terminal\): (gdb --nx -q -x (\S+))", 120, seen)
         gdb = subprocess.run(["gdb", "--nx", "-q", "-x", m[2], "--batch", "-ex", "info symbol kernel_clone",
                               "-ex", "detach"], capture_output=True, text=True, timeout=120,
                              stdin=subprocess.DEVNULL)
@@ -72,8 +72,7 @@ def test_repro_keeps_the_vm_on_a_terminal(failing_report, no_leaks):
         os.write(master, b"uname -r; echo DONE-$((40+2))\n")
         read_until(master, r"6\.1\.0-\d+-cloud-amd64\s+DONE-42", 60, seen)
         os.write(master, b"exit\n")
-        read_until(master, r"REPRODUCED — now FAIL", 60, seen)
-        assert proc.wait(60) == 1
+        assert proc.wait(60) == 1, seen.decode()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, 15)
