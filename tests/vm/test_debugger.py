@@ -1,17 +1,14 @@
 """``vmprobe gdb``: gdb attached to a real guest's gdbstub, with kallsyms and module symbols."""
 from __future__ import annotations
 
-import fcntl
 import os
 import re
-import subprocess
 import sys
-import termios
 import time
 from pathlib import Path
 
 import pytest
-from terminal import read_until  # tests/vm/terminal.py
+from terminal import terminal  # tests/vm/terminal.py
 
 from vmprobe import debugger
 from vmprobe.elf import read_module, section
@@ -98,38 +95,18 @@ def test_vmlinux_dbg_symbols_with_kaslr_offset(vm, kernel, tmp_path):
 
 def test_interactive_gdb_on_a_terminal(accel, no_leaks):
     """A user's session: commands, continue, Ctrl-C stops the guest (not vmprobe), quit ends all."""
-    master, slave = os.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "vmprobe", "gdb", "--kernel", "debian:bookworm",
-                             "--accel", accel], stdin=slave, stdout=slave, stderr=slave,
-                            preexec_fn=_own_terminal)
-    os.close(slave)
-    seen = bytearray()
-    try:
-        read_until(master, r"\(gdb\) ", 600, seen)
-        os.write(master, b"info symbol kernel_clone\n")
-        read_until(master, r"kernel_clone in section \.kallsyms", 60, seen)
-        os.write(master, b"continue\n")
-        read_until(master, r"Continuing\.", 60, seen)
+    with terminal([sys.executable, "-m", "vmprobe", "gdb", "--kernel", "debian:bookworm",
+                   "--accel", accel]) as t:
+        t.expect(r"\(gdb\) ", 600)
+        t.send(b"info symbol kernel_clone\n")
+        t.expect(r"kernel_clone in section \.kallsyms", 60)
+        t.send(b"continue\n")
+        t.expect(r"Continuing\.", 60)
         time.sleep(1)
-        os.write(master, b"\x03")                       # Ctrl-C: the terminal sends SIGINT to its group
-        read_until(master, r"received signal SIGINT(?s:.*)\(gdb\)", 60, seen)
-        assert proc.poll() is None, seen.decode()      # vmprobe ignored it; gdb stopped the guest
-        os.write(master, b"quit\n")
-        read_until(master, r"Quit anyway\? \(y or n\) ", 30, seen)
-        os.write(master, b"y\n")
-        assert proc.wait(60) == 0, seen.decode()
-    finally:
-        if proc.poll() is None:
-            proc.terminate()                           # vmprobe stops its VM on SIGTERM
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        os.close(master)
-
-
-def _own_terminal() -> None:
-    """Make the pty the child's controlling terminal, as a user's shell would (so ^C is SIGINT)."""
-    os.setsid()
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        t.send(b"\x03")                                # Ctrl-C: the terminal sends SIGINT to its group
+        t.expect(r"received signal SIGINT(?s:.*)\(gdb\)", 60)
+        assert t.proc.poll() is None, t.text           # vmprobe ignored it; gdb stopped the guest
+        t.send(b"quit\n")
+        t.expect(r"Quit anyway\? \(y or n\) ", 30)
+        t.send(b"y\n")
+        assert t.proc.wait(60) == 0, t.text

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
 
 import pytest
-from terminal import read_until  # tests/vm/terminal.py
+from terminal import terminal  # tests/vm/terminal.py
 
 
 @pytest.fixture(scope="module")
@@ -56,25 +55,15 @@ def test_repro_reproduces_a_refusal(tmp_path, vmprobe_cli, accel, no_leaks):
 
 def test_repro_keeps_the_vm_on_a_terminal(failing_report, no_leaks):
     """On a TTY: re-run, then a shell in the guest and a gdb script to attach from elsewhere."""
-    master, slave = os.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "vmprobe", "repro", str(failing_report)],
-                            stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
-    os.close(slave)
-    seen = bytearray()
-    try:
-        read_until(master, r"REPRODUCED — now FAIL", 600, seen)   # the outcome comes first
-        m = read_until(master, r"attach gdb \(another terminal\): (gdb --nx -q -x (\S+))", 120, seen)
+    with terminal([sys.executable, "-m", "vmprobe", "repro", str(failing_report)]) as t:
+        t.expect(r"REPRODUCED — now FAIL", 600)        # the outcome comes first
+        m = t.expect(r"attach gdb \(another terminal\): (gdb --nx -q -x (\S+))", 120)
         gdb = subprocess.run(["gdb", "--nx", "-q", "-x", m[2], "--batch", "-ex", "info symbol kernel_clone",
                               "-ex", "detach"], capture_output=True, text=True, timeout=120,
                              stdin=subprocess.DEVNULL)
         assert "kernel_clone in section .kallsyms" in gdb.stdout, gdb.stdout + gdb.stderr
-        read_until(master, r"# ", 60, seen)              # the guest's shell prompt
-        os.write(master, b"uname -r; echo DONE-$((40+2))\n")
-        read_until(master, r"6\.1\.0-\d+-cloud-amd64\s+DONE-42", 60, seen)
-        os.write(master, b"exit\n")
-        assert proc.wait(60) == 1, seen.decode()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, 15)
-            proc.wait(30)
-        os.close(master)
+        t.expect(r"# ", 60)                              # the guest's shell prompt
+        t.send(b"uname -r; echo DONE-$((40+2))\n")
+        t.expect(r"6\.1\.0-\d+-cloud-amd64\s+DONE-42", 60)
+        t.send(b"exit\n")
+        assert t.proc.wait(60) == 1, t.text
