@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import modules, progress
+from . import modules, progress, repro
 from .accel import CHOICES as ACCEL_CHOICES
 from .errors import EXIT_CODES, EXIT_INTERRUPTED, VmprobeError
 from .kernels import DEFAULT_SPEC, get_kernel, list_kernels
@@ -113,6 +113,35 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--expect-mechanism", choices=("int3", "optimized", "ftrace", "brk"),
                     help="fail unless the probe is armed this way")
     pr.add_argument("--json", type=Path, help="write the report as JSON here")
+
+    gd = sub.add_parser("gdb", help="boot a kernel and attach gdb to it, with its symbols",
+                        description="gdb on the guest's gdbstub, with the kernel's symbols (from its "
+                                    "/proc/kallsyms, or the -dbg package's vmlinux) and a module's at "
+                                    "its load address. The VM stops when gdb exits.")
+    _machine_args(gd)
+    gd.add_argument("--module", nargs="?", type=Path, const=modules.FORK_PROBE,
+                    help="load this module (.c, Kbuild dir or .ko; alone: the built-in fork probe) "
+                         "and its symbols")
+    gd.add_argument("--module-params", default="", help="parameters for insmod of --module")
+    gd.add_argument("--vmlinux-dbg", action="store_true",
+                    help="symbols and DWARF from the -dbg package's vmlinux (a 260-800 MB download, cached)")
+    gd.add_argument("--batch", action="store_true", help="run the -ex commands, print, detach, exit")
+    gd.add_argument("-ex", dest="ex", action="append", default=[], metavar="CMD",
+                    help="a gdb command to run after attaching (repeatable)")
+    gd.add_argument("--timeout", type=float, default=300, help="seconds a --batch gdb may run (default 300)")
+
+    rp = sub.add_parser("repro", help="re-run the failed checks of a probe or matrix JSON report",
+                        description="Boots the report's kernel, builds its module and runs the same "
+                                    "check with the same options and accelerator; says whether the "
+                                    "failure came back and exits with the check's status.")
+    rp.add_argument("report", type=Path, help="REPORT.json from vmprobe probe/matrix --json")
+    rp.add_argument("--keep", action=argparse.BooleanOptionalAction, default=None,
+                    help="keep the VM up afterwards: a shell, and how to attach gdb (default: on a terminal)")
+    rp.add_argument("--all", action="store_true", help="re-run passing checks too")
+    rp.add_argument("--check", help="only the checks whose label contains this (e.g. 'bookworm int3')")
+    rp.add_argument("--accel", choices=ACCEL_CHOICES, default=None,
+                    help="override the report's accelerator")
+    rp.add_argument("--module", type=Path, help="the module source, if it moved since the report")
 
     from .matrix import CHECK_NAMES, KERNEL_TIMEOUT
     mx = sub.add_parser("matrix", help="the probe checks on several kernels, in parallel",
@@ -257,6 +286,7 @@ def cmd_probe(args) -> int:
     try:
         with machine:
             check = ProbeCheck(machine, module, options, log=_log)
+            check.report.repro = repro.inputs(machine, module, args.module, options, args.expect_mechanism)
             report = check.run()
     except VmprobeError:
         if check and args.json:
@@ -306,11 +336,29 @@ def cmd_doctor(args) -> int:
     return doctor.exit_code(checks)
 
 
+def cmd_gdb(args) -> int:
+    from . import debugger
+    machines: list[Machine] = []
+
+    def make(kernel) -> Machine:
+        machines.append(_machine(args, kernel))
+        return machines[-1]
+    try:
+        return debugger.command(args, make, _log)
+    finally:
+        for machine in machines:
+            _save_console(machine, args.console_log)
+
+
+def cmd_repro(args) -> int:
+    return repro.command(args, _log, _interactive)
+
+
 def main(argv: list[str] | None = None) -> int:
     install_signal_handlers()
     args = build_parser().parse_args(argv)
     handler = {"kernels": cmd_kernels, "exec": cmd_exec, "shell": cmd_shell, "probe": cmd_probe,
-               "matrix": cmd_matrix, "doctor": cmd_doctor}
+               "matrix": cmd_matrix, "doctor": cmd_doctor, "gdb": cmd_gdb, "repro": cmd_repro}
     try:
         return handler[args.command](args)
     except VmprobeError as exc:

@@ -20,7 +20,8 @@ def read_module(path: Path) -> bytes:
     return data
 
 
-def section(data: bytes, wanted: str) -> bytes | None:
+def _sections(data: bytes):
+    """(name, contents) of each section."""
     if data[:4] != b"\x7fELF":
         raise ValueError("not an ELF file")
     is64 = data[4] == 2
@@ -42,9 +43,15 @@ def section(data: bytes, wanted: str) -> bytes | None:
     for i in range(shnum):
         h = header(i)
         name = names[h[name_off]:names.index(b"\0", h[name_off])].decode()
-        if name == wanted:
-            return data[h[off_off]:h[off_off] + h[size_off]]
-    return None
+        yield name, data[h[off_off]:h[off_off] + h[size_off]]
+
+
+def section(data: bytes, wanted: str) -> bytes | None:
+    return next((contents for name, contents in _sections(data) if name == wanted), None)
+
+
+def section_names(data: bytes) -> list[str]:
+    return [name for name, _ in _sections(data)]
 
 
 def modinfo(data: bytes) -> dict[str, list[str]]:

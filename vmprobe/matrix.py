@@ -142,6 +142,8 @@ def _run_check(machine, module, check: MatrixCheck, probe_check_cls) -> dict:
     mark = machine.console.mark()
     t = time.monotonic()
     pc = probe_check_cls(machine, module, check.options())
+    from .repro import inputs
+    pc.report.repro = inputs(machine, module, None, check.options(), check.expect_mechanism)
     error = None
     try:
         report = pc.run()
@@ -156,7 +158,7 @@ def _run_check(machine, module, check: MatrixCheck, probe_check_cls) -> dict:
             "post_handler": check.post_handler, "expected_mechanism": check.expect_mechanism,
             "verdict": verdict, "mechanism": got, "hits": report.hits, "time": round(elapsed, 3),
             "error": error, "summary": report.summary(), "report": report.to_dict(),
-            "console_tail": _tail(machine.console.since(mark))}
+            "console_tail": _tail(machine.console.since(mark)), "repro": report.repro}
 
 
 def _worker(spec: str, check_names: list[str], machine_kw: dict, events) -> None:

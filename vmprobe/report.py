@@ -26,6 +26,7 @@ class ProbeReport:
     timings: dict[str, float] = field(default_factory=dict)
     machine: dict = field(default_factory=dict)
     error: str | None = None
+    repro: dict = field(default_factory=dict)   # inputs to run the same check again (vmprobe repro)
 
     def check(self, name: str, ok: bool | None, detail: str = "") -> bool:
         self.checks.append(Check(name, ok, detail))
@@ -50,6 +51,7 @@ class ProbeReport:
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "machine": self.machine,
             "error": self.error,
+            "repro": self.repro,
         }
 
     def write_json(self, path: Path) -> None:

@@ -41,6 +41,11 @@ def test_matrix_on_bookworm(tmp_path, vmprobe_cli, accel, no_leaks):
         assert c["report"]["bytes"]["after"] == c["report"]["bytes"]["before"]
         assert any(x["name"] == f"mechanism is {c['expected_mechanism']}" and x["ok"]
                    for x in c["report"]["checks"])
+        # what `vmprobe repro` needs to run the same check again
+        r = c["repro"]
+        assert r == c["report"]["repro"] and r["kernel"]["spec"] == k["kernel"]["spec"]
+        assert r["options"]["offset"] == {"entry": 0}.get(c["name"], "after-entry")
+        assert r["expect_mechanism"] == c["expected_mechanism"] and r["machine"]["accel"] in ("kvm", "tcg")
 
     root = ET.parse(out_xml).getroot()
     suite = root.find("testsuite")
