@@ -34,6 +34,7 @@ from .arch import ArchProfile, profile_for
 from .console import Console, raise_qemu_gone
 from .crash import find_crashes, first_fatal
 from .errors import GuestCrash, QemuError, SshError, VmprobeError
+from .interrupts import checkpoint, deferred_signals
 from .kernels import Kernel
 from .ssh import GuestSsh, RunKeys
 
@@ -211,6 +212,7 @@ class Machine:
                             f"{self.qemu_stderr().strip()[-500:] or exc}",
                             detail=" ".join(self.command_line)) from None
         self.qmp.settimeout(10)
+        checkpoint("boot")
 
     def qemu_stderr(self) -> str:
         try:
@@ -246,8 +248,11 @@ class Machine:
                 return
             time.sleep(0.05)
 
+    @deferred_signals()  # Ctrl-C here would leave QEMU or its dir behind: it acts once this is done
     def shutdown(self, timeout: float = 5) -> None:
         """Stop QEMU (QMP quit → SIGTERM → SIGKILL) and remove everything it used."""
+        if self.proc and self.proc.poll() is None:
+            checkpoint("shutdown")
         if self.ssh:
             with contextlib.suppress(Exception):
                 self.ssh.close()

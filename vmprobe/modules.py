@@ -18,6 +18,7 @@ from . import cache
 from .config import TEMPLATES_DIR, cache_dir
 from .elf import modinfo, read_module
 from .errors import ConfigError, ModuleBuildError
+from .interrupts import checkpoint
 from .kernels import Kernel
 from .toolchain import build_env
 
@@ -111,6 +112,7 @@ def _kbuild(source: Path, base: Path, files: list[Path], kernel: Kernel, out: Pa
                f"-j{os.cpu_count() or 1}", "modules"]
         if log:
             log(f"vmprobe: building {source.name} for {kernel.release} with {kernel.cc} ({env.where})")
+        checkpoint("build")
         try:
             proc = env.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT,
                            stdin=subprocess.DEVNULL, env=dict(os.environ, LC_ALL="C"))

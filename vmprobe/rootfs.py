@@ -19,6 +19,7 @@ from .config import ROOTFS_DIR, cache_dir
 from .cpio import NewcArchive
 from .elf import modinfo, read_module
 from .errors import ConfigError
+from .interrupts import checkpoint
 from .kernels import Kernel
 
 #: Where each host program goes in the guest (dropbear finds the SFTP server there).
@@ -194,5 +195,6 @@ def assemble(base: BaseImage, layer: bytes, dest: Path) -> Path:
     """Write base + run layer as one initrd file for QEMU."""
     with dest.open("wb") as out, base.path.open("rb") as src:
         shutil.copyfileobj(src, out)
+        checkpoint("rootfs")
         out.write(layer)
     return dest

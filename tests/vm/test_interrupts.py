@@ -1,0 +1,209 @@
+"""Ctrl-C at each phase of ``vmprobe probe``, QEMU killed mid-run, the guest's SSH server killed.
+
+Each case runs the real CLI in its own session (as a terminal would: its own
+process group) with a private runtime dir. ``VMPROBE_TEST_HOLD_AT=<phase>``
+makes the run stop at a known point inside that phase and say so on stderr
+(vmprobe/interrupts.py); the test then sends SIGINT. vmprobe must exit 130
+within seconds, and leave no QEMU, no process of its group, no socket, no
+machine dir and no half-written cache entry behind.
+"""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from vmprobe import modules
+from vmprobe.config import cache_dir
+from vmprobe.errors import EXIT_CODES, EXIT_INTERRUPTED
+from vmprobe.machine import runtime_dir
+from vmprobe.pytest_plugin import leftovers
+
+REACH_TIMEOUT = 300   # to get to the phase (a cold module build, a TCG boot on a busy host)
+EXIT_WITHIN = 20      # from the signal to vmprobe's exit
+
+
+class Run:
+    """``vmprobe …`` in its own session with a private runtime dir, its stderr read line by line."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None):
+        self.runtime = Path(tempfile.mkdtemp(prefix="ctl-", dir=runtime_dir()))
+        self.env = dict(os.environ, VMPROBE_RUNTIME_DIR=str(self.runtime), **(env or {}))
+        self.proc = subprocess.Popen([sys.executable, "-m", "vmprobe", *args], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=self.env, start_new_session=True)
+        os.set_blocking(self.proc.stderr.fileno(), False)
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        self.err = self.out = ""
+
+    def _pump(self) -> None:
+        for name in ("out", "err"):
+            stream = getattr(self.proc, "stdout" if name == "out" else "stderr")
+            chunk = stream.read()
+            if chunk:
+                setattr(self, name, getattr(self, name) + chunk)
+
+    def wait_for(self, pattern: str, stream: str = "err", timeout: float = REACH_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while not re.search(pattern, getattr(self, stream), re.M):
+            self._pump()
+            if self.proc.poll() is not None:
+                self._pump()
+                if re.search(pattern, getattr(self, stream), re.M):
+                    return
+                pytest.fail(f"vmprobe exited {self.proc.returncode} before {pattern!r}:\n{self.err[-3000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {pattern!r} within {timeout}s:\n{self.err[-3000:]}")
+            time.sleep(0.05)
+
+    def wait(self, timeout: float = EXIT_WITHIN) -> tuple[int, float]:
+        t0 = time.monotonic()
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"vmprobe did not exit within {timeout}s:\n{self.err[-3000:]}")
+        self._pump()
+        return code, time.monotonic() - t0
+
+    def group_members(self) -> list[str]:
+        """Processes still in the run's process group (its session leader's pid)."""
+        left = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == self.proc.pid:  # pgrp
+                left.append(stat.parent.name)
+        return left
+
+    def kill(self) -> None:
+        for sig in (signal.SIGKILL,):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(10)
+
+    def assert_clean(self) -> None:
+        assert not self.group_members(), f"processes left in the run's group: {self.group_members()}"
+        assert not leftovers(self.runtime), leftovers(self.runtime)
+        unix = [line.split()[-1] for line in Path("/proc/net/unix").read_text().splitlines()[1:]
+                if str(self.runtime) in line]
+        assert not unix, f"unix sockets left: {unix}"
+        assert list(self.runtime.iterdir()) == [], list(self.runtime.iterdir())
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.kill()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            stream.close()
+        shutil.rmtree(self.runtime, ignore_errors=True)
+
+
+@pytest.fixture
+def run_cli():
+    runs: list[Run] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Run:
+        runs.append(Run(list(args), env))
+        return runs[-1]
+    yield start
+    for r in runs:
+        r.close()
+
+
+def _staging_dirs(directory: Path) -> set[str]:
+    return {p.name for p in directory.glob(".*.tmp-*")}
+
+
+def _fresh_module(tmp_path: Path) -> Path:
+    """The fork probe with a unique comment: a cache miss, so the build really runs."""
+    src = tmp_path / "vmprobe_fork.c"
+    src.write_text(modules.FORK_PROBE.read_text() + f"\n/* {secrets.token_hex(8)} */\n")
+    return src
+
+
+# The probe check's phases are named after what they do: insmod (before it), settle (the module
+# is in, gdb attached, the guest running), armed-bytes (reading the site through the gdbstub).
+PHASES = ["fetch", "build", "rootfs", "boot", "ssh", "insmod", "settle", "armed-bytes", "shutdown"]
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_ctrl_c_at_each_phase_exits_130_and_leaves_nothing(phase, kernel, accel, tmp_path, run_cli,
+                                                          no_leaks, record_property):
+    args = ["probe", "--kernel", kernel.spec, "--accel", accel, "--no-sysrq"]
+    env = {"VMPROBE_TEST_HOLD_AT": phase}
+    cache_watch = cache_dir("modules")
+    if phase == "fetch":
+        # an empty kernel cache (the package lists copied, so only the kernel itself is missing)
+        cold = tmp_path / "cache"
+        apt_state = next(p for p in cache_dir("apt").iterdir() if p.name.startswith(f"{kernel.suite or 'bookworm'}-"))
+        shutil.copytree(apt_state, cold / "apt" / apt_state.name, symlinks=True,
+                        ignore=shutil.ignore_patterns("*.lock"))
+        if cache_dir("accel").is_dir():
+            shutil.copytree(cache_dir("accel"), cold / "accel")
+        env["VMPROBE_CACHE"] = str(cold)
+        cache_watch = cold / "kernels"
+        cache_watch.mkdir(parents=True)
+    if phase == "build":
+        args += ["--module", str(_fresh_module(tmp_path))]
+    staged_before = _staging_dirs(cache_watch)
+    run = run_cli(*args, env=env)
+    run.wait_for(rf"^vmprobe: test hold at {re.escape(phase)} ")
+    if phase == "fetch":
+        assert _staging_dirs(cache_watch), "the hold is not inside the kernel's staging dir"
+    if phase not in ("fetch", "build"):
+        assert leftovers(run.runtime), "no machine yet at the hold"
+    run.proc.send_signal(signal.SIGINT)
+    code, elapsed = run.wait()
+    record_property("seconds_to_exit", round(elapsed, 2))
+    print(f"\nSIGINT at {phase}: exit {code} after {elapsed:.2f}s: {run.err.strip().splitlines()[-1]!r}")
+    assert code == EXIT_INTERRUPTED, run.err[-3000:]
+    assert run.err.rstrip().endswith("vmprobe: interrupted"), run.err[-2000:]
+    assert "Traceback" not in run.err
+    run.assert_clean()
+    assert _staging_dirs(cache_watch) <= staged_before, "a half-written cache entry was left"
+
+
+def _qemu_pid(run: Run) -> int:
+    found = [x for x in leftovers(run.runtime) if x.split()[0].isdigit()]
+    assert len(found) == 1, found
+    return int(found[0].split()[0])
+
+
+def test_qemu_killed_mid_run_is_a_qemu_error(kernel, accel, run_cli, no_leaks, record_property):
+    run = run_cli("exec", "--kernel", kernel.spec, "--accel", accel, "--", "sh", "-c", "echo started; sleep 60")
+    run.wait_for(r"^started$", stream="out")
+    os.kill(_qemu_pid(run), signal.SIGKILL)
+    code, elapsed = run.wait()
+    record_property("seconds_to_fail", round(elapsed, 2))
+    message = run.err.strip().splitlines()[0]
+    print(f"\nQEMU killed: exit {code} after {elapsed:.2f}s: {message!r}")
+    assert code == EXIT_CODES["QemuError"], run.err
+    assert message == ("vmprobe: QEMU died: QEMU was killed by signal 9 while waiting for "
+                       "\"'sh -c' 'echo started; sleep 60'\" to finish"), message
+    run.assert_clean()
+
+
+def test_ssh_server_killed_in_the_guest_is_an_ssh_error(kernel, accel, run_cli, no_leaks, record_property):
+    run = run_cli("exec", "--kernel", kernel.spec, "--accel", accel, "--",
+                  "sh", "-c", "echo started; sleep 1; kill -9 $(pidof dropbear); sleep 60")
+    run.wait_for(r"^started$", stream="out")
+    code, elapsed = run.wait()
+    record_property("seconds_to_fail", round(elapsed, 2))
+    message = run.err.strip().splitlines()[0]
+    print(f"\nSSH server killed: exit {code} after {elapsed:.2f}s: {message!r}")
+    assert code == EXIT_CODES["SshError"], run.err
+    assert "SSH" in message and "QEMU" not in message, message
+    run.assert_clean()
