@@ -27,7 +27,7 @@ from pathlib import Path
 
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from . import rootfs
+from . import panics, rootfs
 from .cache import sha256_file
 from .accel import choose_accel, qemu_version
 from .arch import ArchProfile, profile_for
@@ -87,6 +87,7 @@ class Machine:
         self.timings: dict[str, float] = {}
         self._qemu_stderr: Path | None = None
         self._uploaded: dict[str, str] = {}  # guest path → sha256 of what we copied there
+        self.panic_watch = panics.PanicWatch()
 
     # -- paths ---------------------------------------------------------------
     @property
@@ -159,7 +160,7 @@ class Machine:
             "-netdev", net, "-device", "virtio-net-pci,netdev=net0,romfile=",
             "-object", "rng-random,id=rng0,filename=/dev/urandom",
             "-device", "virtio-rng-pci,rng=rng0",
-            "-device", "pvpanic", "-action", "panic=exit-failure",
+            *panics.QEMU_ARGS,  # pvpanic, the guest goes on to print its panic (panics.py)
             *self.qemu_args,
         ]
         return cmd
@@ -227,8 +228,8 @@ class Machine:
         why = "exited" if code >= 0 else f"was killed by signal {-code}"
         extra = self.qemu_stderr().strip()
         detail = f" with status {code}" if code >= 0 else ""
-        if code == 1 and not extra:
-            detail += " (guest panic reported through pvpanic)"
+        if code >= 0 and self.panic_watch.poll(self.qmp, drain=True):
+            detail += " " + panics.PANIC_NOTE
         return f"{why}{detail}" + (f" ({extra[-300:]})" if extra else "")
 
     def check_alive(self, grace: float = 0.0, since: int = 0, what: str = "the guest") -> None:
@@ -258,6 +259,7 @@ class Machine:
                 self.ssh.close()
             self.ssh = None
         if self.proc and self.proc.poll() is None and self.qmp:
+            self.panic_watch.poll(self.qmp)
             with contextlib.suppress(Exception):
                 self.qmp.cmd("quit")
         if self.qmp:
