@@ -187,29 +187,32 @@ def _qemu_pid(run: Run) -> int:
     return int(found[0].split()[0])
 
 
-def test_qemu_killed_mid_run_is_a_qemu_error(kernel, accel, run_cli, no_leaks, record_property):
-    run = run_cli("exec", "--kernel", kernel.spec, "--accel", accel, "--", "sh", "-c", "echo started; sleep 60")
+def _exec_until_it_fails(run_cli, kernel, accel, script: str, record_property, name: str, *,
+                         kill_qemu: bool = False) -> tuple[int, str, str]:
+    """``vmprobe exec -- sh -c SCRIPT`` (SCRIPT first prints "started"), optionally SIGKILL its QEMU
+    then; returns (exit code, first stderr line, the command as vmprobe names it)."""
+    run = run_cli("exec", "--kernel", kernel.spec, "--accel", accel, "--", "sh", "-c", script)
     run.wait_for(r"^started$", stream="out")
-    os.kill(_qemu_pid(run), signal.SIGKILL)
+    if kill_qemu:
+        os.kill(_qemu_pid(run), signal.SIGKILL)
     code, elapsed = run.wait()
     record_property("seconds_to_fail", round(elapsed, 2))
     message = run.err.strip().splitlines()[0]
-    print(f"\nQEMU killed: exit {code} after {elapsed:.2f}s: {message!r}")
-    assert code == EXIT_CODES["QemuError"], run.err
-    command = shlex.join(["sh", "-c", "echo started; sleep 60"])
-    assert message == f"vmprobe: QEMU died: QEMU was killed by signal 9 while waiting for {command!r} to finish"
+    print(f"\n{name}: exit {code} after {elapsed:.2f}s: {message!r}")
     run.assert_clean()
+    return code, message, repr(shlex.join(["sh", "-c", script]))
+
+
+def test_qemu_killed_mid_run_is_a_qemu_error(kernel, accel, run_cli, no_leaks, record_property):
+    code, message, command = _exec_until_it_fails(run_cli, kernel, accel, "echo started; sleep 60",
+                                                  record_property, "QEMU killed", kill_qemu=True)
+    assert code == EXIT_CODES["QemuError"], message
+    assert message == f"vmprobe: QEMU died: QEMU was killed by signal 9 while waiting for {command} to finish"
 
 
 def test_ssh_server_killed_in_the_guest_is_an_ssh_error(kernel, accel, run_cli, no_leaks, record_property):
-    run = run_cli("exec", "--kernel", kernel.spec, "--accel", accel, "--",
-                  "sh", "-c", "echo started; sleep 1; kill -9 $(pidof dropbear); sleep 60")
-    run.wait_for(r"^started$", stream="out")
-    code, elapsed = run.wait()
-    record_property("seconds_to_fail", round(elapsed, 2))
-    message = run.err.strip().splitlines()[0]
-    print(f"\nSSH server killed: exit {code} after {elapsed:.2f}s: {message!r}")
-    assert code == EXIT_CODES["SshError"], run.err
-    command = shlex.join(["sh", "-c", "echo started; sleep 1; kill -9 $(pidof dropbear); sleep 60"])
-    assert message == f"vmprobe: SSH failed: the SSH connection to the guest dropped while running {command!r}"
-    run.assert_clean()
+    code, message, command = _exec_until_it_fails(
+        run_cli, kernel, accel, "echo started; sleep 1; kill -9 $(pidof dropbear); sleep 60",
+        record_property, "SSH server killed")
+    assert code == EXIT_CODES["SshError"], message
+    assert message == f"vmprobe: SSH failed: the SSH connection to the guest dropped while running {command}"

@@ -98,7 +98,7 @@ class DebianProvider:
                 log(f"vmprobe: {exc.message}; fetching it again")
         abi, image = self.resolve(spec, apt)
         entry = self.entry_dir(spec, abi, image["Version"])
-        if (entry / "kernel.json").exists():
+        if (entry / "kernel.json").exists() and entry != remembered:
             try:
                 kernel = Kernel.load(entry)
                 self._remember(apt, spec, entry)
