@@ -56,7 +56,10 @@ def _load(machine: Machine, module, params: str = "") -> str:
 
 
 def _arm(module) -> str:
-    return f"echo 1 > /sys/module/{module.name}/parameters/armed"
+    """Shell code arming the fault for this shell's own forks (another task's fork on another CPU
+    must not take the one-shot fault: that made the 2-CPU RCU stall test flaky)."""
+    params = f"/sys/module/{module.name}/parameters"
+    return f"echo $$ > {params}/pid && echo 1 > {params}/armed"
 
 
 def _fork_and_wait(machine: Machine, module, nonce: str,
