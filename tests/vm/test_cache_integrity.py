@@ -31,6 +31,7 @@ def _fetch(kernel: Kernel, cache: Path) -> subprocess.CompletedProcess:
                           env=dict(os.environ, VMPROBE_CACHE=str(cache)))
 
 
+@pytest.mark.slow  # downloads the kernel again (≈40 MB, ≈23 s here)
 def test_flipped_image_and_truncated_file_are_detected_and_fetched_again(kernel, tmp_path):
     Kernel.load(kernel.root)  # the shared entry is whole (and has its file list from now on)
     entry = copy_cache(kernel, tmp_path / "cache")
