@@ -92,4 +92,7 @@ def raise_qemu_gone(reason: str, what: str, console: Console) -> None:
     if crash:
         raise GuestCrash(f"the guest kernel crashed ({crash.title}); QEMU {reason} "
                          f"while waiting for {what}", detail=console.tail())
+    from .panics import PANIC_NOTE, silent_panic_message
+    if PANIC_NOTE in reason:
+        raise GuestCrash(silent_panic_message(reason, what), detail=console.tail())
     raise QemuError(f"QEMU {reason} while waiting for {what}", detail=console.tail())

@@ -23,7 +23,10 @@ class Gdb:
     def __init__(self, gdb_binary: str = "gdb", arch: str | None = None):
         if not shutil.which(gdb_binary):
             raise ConfigError(f"{gdb_binary} not found: install gdb (gdb-multiarch for foreign guests)")
-        self._gdb = GdbController(command=[gdb_binary, "--nx", "--quiet", "--interpreter=mi3"],
+        # setsid: gdb gets a process group of its own, so a terminal's Ctrl-C (sent to vmprobe's
+        # group) cannot reach it and stop the guest; close() detaches it on every path
+        setsid = ["setsid"] if shutil.which("setsid") else []
+        self._gdb = GdbController(command=[*setsid, gdb_binary, "--nx", "--quiet", "--interpreter=mi3"],
                                   time_to_check_for_additional_output_sec=0.01)
         self._tokens = itertools.count(100)
         self._async: list[dict] = []

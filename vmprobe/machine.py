@@ -33,13 +33,14 @@ from pathlib import Path
 from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from . import progress, rootfs
+from . import panics, progress, rootfs
 from .cache import sha256_file
 from .accel import choose_accel, qemu_version
 from .arch import ArchProfile, image_problem, profile_for
 from .console import Console, raise_qemu_gone
 from .crash import find_crashes, first_fatal
 from .errors import GuestCrash, QemuError, SshError, VmprobeError
+from .interrupts import checkpoint, deferred_signals
 from .kernels import Kernel
 from .ssh import GuestSsh, RunKeys
 
@@ -100,6 +101,7 @@ class Machine:
         self._incoming: Path | None = None         # the saved state this machine starts from
         self._control: socket.socket | None = None
         self._started = 0.0                        # when QEMU was started (boot timing)
+        self.panic_watch = panics.PanicWatch()
 
     # -- paths ---------------------------------------------------------------
     @property
@@ -223,6 +225,7 @@ class Machine:
         self._incoming = image.state
         self.timings["snapshot"] = image.made_in
         self.timings["rootfs"] = time.monotonic() - t0 - image.made_in
+        checkpoint("rootfs")
         try:
             self._start(image.initrd)
         except QemuError as exc:  # QEMU may refuse the state before QMP is even up
@@ -277,7 +280,7 @@ class Machine:
             "-netdev", net, "-device", "virtio-net-pci,netdev=net0,romfile=",
             "-object", "rng-random,id=rng0,filename=/dev/urandom",
             "-device", "virtio-rng-pci,rng=rng0",
-            "-device", p.pvpanic_device, "-action", "panic=exit-failure",
+            *panics.qemu_args(p.pvpanic_device),  # the guest goes on to print its panic (panics.py)
             *[arg for device in p.devices for arg in ("-device", device)],
             *self.qemu_args,
         ]
@@ -336,6 +339,7 @@ class Machine:
                             f"{self.qemu_stderr().strip()[-500:] or exc}",
                             detail=" ".join(self.command_line)) from None
         self.qmp.settimeout(10)
+        checkpoint("boot")
 
     def qemu_stderr(self) -> str:
         try:
@@ -350,8 +354,8 @@ class Machine:
         why = "exited" if code >= 0 else f"was killed by signal {-code}"
         extra = self.qemu_stderr().strip()
         detail = f" with status {code}" if code >= 0 else ""
-        if code == 1 and not extra:
-            detail += " (guest panic reported through pvpanic)"
+        if code >= 0 and self.panic_watch.poll(self.qmp, drain=True):
+            detail += " " + panics.PANIC_NOTE
         return f"{why}{detail}" + (f" ({extra[-300:]})" if extra else "")
 
     def check_alive(self, grace: float = 0.0, since: int = 0, what: str = "the guest") -> None:
@@ -371,8 +375,11 @@ class Machine:
                 return
             time.sleep(0.05)
 
+    @deferred_signals()  # Ctrl-C here would leave QEMU or its dir behind: it acts once this is done
     def shutdown(self, timeout: float = 5) -> None:
         """Stop QEMU (QMP quit → SIGTERM → SIGKILL) and remove everything it used."""
+        if self.proc and self.proc.poll() is None:
+            checkpoint("shutdown")
         if self.ssh:
             with contextlib.suppress(Exception):
                 self.ssh.close()
@@ -389,6 +396,7 @@ class Machine:
             self._control.close()
             self._control = None
         if self.proc and self.proc.poll() is None and self.qmp:
+            self.panic_watch.poll(self.qmp)
             with contextlib.suppress(Exception):
                 self.qmp.cmd("quit")
         if self.qmp:

@@ -19,6 +19,7 @@ from .arch import profile_for
 from .config import TEMPLATES_DIR, cache_dir
 from .elf import modinfo, read_module
 from .errors import ConfigError, ModuleBuildError
+from .interrupts import checkpoint
 from .kernels import Kernel
 from .toolchain import build_env
 
@@ -114,6 +115,7 @@ def _kbuild(source: Path, base: Path, files: list[Path], kernel: Kernel, out: Pa
                f"CC={cc}", f"HOSTCC={kernel.cc}", f"-j{os.cpu_count() or 1}", "modules"]
         if log:
             log(f"vmprobe: building {source.name} for {kernel.release} with {cc} ({env.where})")
+        checkpoint("build")
         try:
             with progress.status(f"building {source.name} for {kernel.release} ({env.where})"):
                 proc = env.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT,

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from .crash import find_crashes
 from .errors import CommandTimeout, GdbError, ModuleLoadError, VmprobeError
 from .gdb import Gdb
+from .interrupts import checkpoint
 from .kprobes_list import ProbeRecord, parse_debugfs_list
 from .machine import Machine
 from .modules import Module
@@ -113,6 +114,7 @@ class ProbeCheck:
     @contextlib.contextmanager
     def phase(self, name: str):
         self.phase_name = name
+        checkpoint(name)
         t0 = time.monotonic()
         try:
             yield

@@ -21,6 +21,7 @@ from .config import ROOTFS_DIR, cache_dir
 from .cpio import NewcArchive
 from .elf import modinfo, read_module
 from .errors import ConfigError
+from .interrupts import checkpoint
 from .kernels import Kernel
 from .kernels.apt import host_debian_arch
 
@@ -202,5 +203,6 @@ def assemble(base: BaseImage, layer: bytes, dest: Path) -> Path:
     """Write base + run layer as one initrd file for QEMU."""
     with dest.open("wb") as out, base.path.open("rb") as src:
         shutil.copyfileobj(src, out)
+        checkpoint("rootfs")
         out.write(layer)
     return dest

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import base64
 import logging
+import secrets
+import shlex
 import socket
 import subprocess
 import threading
@@ -16,6 +18,7 @@ from tenacity import (RetryError, Retrying, retry_if_exception_type, stop_after_
                       wait_fixed)
 
 from .errors import CommandTimeout, ConfigError, SshError
+from .interrupts import checkpoint
 
 logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
@@ -70,6 +73,7 @@ class GuestSsh:
 
     def connect(self, timeout: float, alive: Callable[[], None] | None = None) -> None:
         """Connect, retrying until ``timeout``; ``alive()`` raises if the VM is gone."""
+        checkpoint("ssh")
 
         def attempt() -> None:
             if alive:
@@ -108,8 +112,8 @@ class GuestSsh:
 
         paramiko's exec_command waits for the server's answer with no deadline;
         it runs in a helper thread here so a stopped or dead guest cannot hang us.
-        Dropbear may close a fresh channel right after an SFTP session ends (the
-        command never started then): that refusal is retried briefly.
+        A refused request is retried briefly; a channel the server already sent
+        EOF on is not (the command ran: seen with dropbear right after SFTP).
         """
         deadline = time.monotonic() + min(timeout, 5)
         while True:
@@ -119,9 +123,11 @@ class GuestSsh:
                 return channel
             channel.close()
             # "Channel closed." / "Channel is not open": the request was refused, nothing ran
-            refused = isinstance(failure, paramiko.SSHException)
+            # ... unless the server sent EOF on it: then the command ran (never run it twice)
+            refused = isinstance(failure, paramiko.SSHException) and not channel.eof_received
             if not refused or time.monotonic() >= deadline or not self._transport().is_active():
-                raise SshError(f"could not start {command!r} in the guest: {failure or 'channel closed'}")
+                ran = " (it ran, but its channel closed without an answer)" if channel.eof_received else ""
+                raise SshError(f"could not start {command!r} in the guest{ran}: {failure or 'channel closed'}")
             time.sleep(0.05)
 
     @staticmethod
@@ -207,19 +213,32 @@ class GuestSsh:
                            detail=result.output[-2000:] or None)
         return result
 
-    def put(self, local: Path, remote: str, mode: int = 0o644) -> None:
-        """Copy a file into the guest over SFTP."""
+    def put(self, local: Path, remote: str, mode: int = 0o644, timeout: float = 60) -> None:
+        """Copy a file into the guest: streamed to ``cat`` into a temp name, then renamed.
+
+        Not SFTP: dropbear, asked to exec right after an SFTP session ends, may
+        run the command and close its channel without answering the request
+        (seen ≈1 in 15 under load), which made a retried ``insmod`` run twice.
+        """
+        part = f"{remote}.part-{secrets.token_hex(4)}"
+        command = (f"cat > {shlex.quote(part)} && chmod {mode:o} {shlex.quote(part)} && "
+                   f"mv -f {shlex.quote(part)} {shlex.quote(remote)}")
         try:
-            sftp = self.client.open_sftp() if self.client else None
-            if sftp is None:
-                raise SshError("not connected")
-            try:
-                sftp.put(str(local), remote)
-                sftp.chmod(remote, mode)
-            finally:
-                sftp.close()
+            data = local.read_bytes()
+        except OSError as exc:
+            raise SshError(f"could not read {local} to copy it to the guest: {exc}") from None
+        channel = self.start(command)
+        try:
+            channel.settimeout(timeout)
+            channel.sendall(data)
+            channel.shutdown_write()
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise SshError(f"could not copy {local} to the guest's {remote} over SFTP: {exc}") from None
+            channel.close()
+            raise SshError(f"could not copy {local} to the guest's {remote}: {exc}") from None
+        result = self.wait(channel, f"copying {local.name} to {remote}", timeout)
+        if result.status != 0:
+            raise SshError(f"could not copy {local} to the guest's {remote} (exit {result.status})",
+                           detail=result.output[-2000:] or None)
 
     def close(self) -> None:
         if self.client:

@@ -229,17 +229,26 @@ class PrivateApt:
                              detail=(proc.stderr or proc.stdout)[-3000:])
         return proc.stdout
 
-    def update(self, max_age_hours: float) -> None:
-        """Refresh the package lists when stale or when the sources changed."""
+    def _fresh(self, max_age_hours: float) -> bool:
         stamp = self.root / "updated"
-        text = self._sources_text()
-        fresh = (stamp.exists() and self.sources_list.exists()
-                 and self.sources_list.read_text() == text
-                 and time.time() - stamp.stat().st_mtime < max_age_hours * 3600)
-        if fresh:
+        return (stamp.exists() and self.sources_list.exists()
+                and self.sources_list.read_text() == self._sources_text()
+                and time.time() - stamp.stat().st_mtime < max_age_hours * 3600)
+
+    def update(self, max_age_hours: float, log=None) -> None:
+        """Refresh the package lists when stale or when the sources changed.
+
+        Checked again under the lock: runs that raced here wait for the one
+        that updates, then use its lists (one ``apt-get update``, not one each).
+        """
+        if self._fresh(max_age_hours):
             return
         with cache.locked(self.root / "state"):
-            self.sources_list.write_text(text)
+            if self._fresh(max_age_hours):
+                return
+            if log:
+                log(f"vmprobe: updating the package lists in {self.root}")
+            self.sources_list.write_text(self._sources_text())
             with progress.status(f"refreshing the {self.sources[0][1]} package lists"):
                 try:
                     out = self.run("apt-get", "update")
@@ -252,7 +261,7 @@ class PrivateApt:
                     out = ""
             if re.search(r"^(W|E): .*(NO_PUBKEY|not signed|Release.*expired)", out, re.M):
                 raise FetchError("apt refused the archive's signature", detail=out[-2000:])
-            stamp.touch()
+            (self.root / "updated").touch()
 
     def lists_stamp(self) -> float:
         """When the package lists were last refreshed (0 if never)."""

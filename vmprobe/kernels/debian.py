@@ -11,6 +11,7 @@ from pathlib import Path
 from .. import cache, progress
 from ..config import cache_dir, settings
 from ..errors import FetchError
+from ..interrupts import checkpoint
 from .apt import PrivateApt, host_debian_arch, mirrors
 from .catalog import Catalog, Suite
 from .debversion import sort_key
@@ -84,7 +85,7 @@ class DebianProvider:
         arch = suite.flavours[spec.flavour].arch
         apt = self.apt(suite, arch)
         try:
-            apt.update(0 if refresh else settings().apt_refresh_hours)
+            apt.update(0 if refresh else settings().apt_refresh_hours, log=log)
         except FetchError as exc:
             cached = self.cached_entries(spec)
             if not cached:
@@ -101,7 +102,7 @@ class DebianProvider:
                 log(f"vmprobe: {exc.message}; fetching it again")
         abi, image = self.resolve(spec, apt)
         entry = self.entry_dir(spec, abi, image["Version"])
-        if (entry / "kernel.json").exists():
+        if (entry / "kernel.json").exists() and entry != remembered:
             try:
                 kernel = Kernel.load(entry)
                 self._remember(apt, spec, entry)
@@ -117,6 +118,7 @@ class DebianProvider:
             log(f"vmprobe: fetching {spec.provider}:{spec.suite}/{spec.flavour}@{abi} "
                 f"({image['Version']}) from {', '.join(sorted({u for u, _ in apt.sources}))}")
             with cache.staging(entry) as tmp:
+                checkpoint("fetch")
                 self._download_and_extract(spec, suite, abi, image, apt, tmp)
         kernel = Kernel.load(entry)
         self._remember(apt, spec, entry)

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * What every vmprobe fault module shares: the parameters (same as
- * vmprobe_fork.c: symbol, offset, nonce; plus a writable `armed`), the kprobe,
+ * vmprobe_fork.c: symbol, offset, nonce; plus writable `armed` and `pid`), the kprobe,
  * and load/unload with vmprobe's tagged lines. A fault module defines
  * FAULT_NAME and `static void misbehave(struct kprobe *p)`, then includes
  * this file; its pre handler calls misbehave() on the first hit once armed,
@@ -43,6 +43,12 @@ MODULE_PARM_DESC(armed, "misbehave on the next hit (writable in /sys/module/<nam
 #define FLAGS_VALUE(regs) 0UL
 #endif
 
+/* Only this process's hits count: on an SMP guest another task's fork (a kernel thread's, the
+ * SSH server's) could take the one-shot fault on another CPU while the test's shell forks on. */
+static int pid;
+module_param(pid, int, 0644);
+MODULE_PARM_DESC(pid, "misbehave only in this process (tgid; 0: in any)");
+
 static atomic_t fired = ATOMIC_INIT(0);
 static struct kprobe kp;
 
@@ -50,7 +56,9 @@ static void misbehave(struct kprobe *p);
 
 static int handler_pre(struct kprobe *p, struct pt_regs *regs)
 {
-	if (!READ_ONCE(armed) || atomic_xchg(&fired, 1))
+	int only = READ_ONCE(pid);
+
+	if (!READ_ONCE(armed) || (only && task_tgid_nr(current) != only) || atomic_xchg(&fired, 1))
 		return 0;
 	pr_emerg("vmprobe-fault nonce=%s fault=%s addr=%px comm=%s pid=%d ip=%lx %s=%lx\n",
 		 nonce, FAULT_NAME, p->addr, current->comm, task_pid_nr(current),
