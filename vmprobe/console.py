@@ -91,7 +91,7 @@ def raise_qemu_gone(reason: str, what: str, console: Console) -> None:
     crash = first_fatal(console.text)
     if crash:
         raise GuestCrash(f"the guest kernel crashed ({crash.title}); QEMU {reason} "
-                         f"while waiting for {what}", detail=console.tail())
+                         f"while waiting for {what}", detail=crash.excerpt + "\n...\n" + console.tail(10))
     from .panics import PANIC_NOTE, silent_panic_message
     if PANIC_NOTE in reason:
         raise GuestCrash(silent_panic_message(reason, what), detail=console.tail())
