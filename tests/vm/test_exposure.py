@@ -3,8 +3,9 @@
 Every socket QEMU holds is found through ``/proc/<pid>/fd`` and looked up in
 ``/proc/net/{tcp,tcp6,udp,udp6,unix}``. The only TCP listener may be the SSH
 forward on 127.0.0.1; no UDP socket may be bound to a non-loopback address;
-the only unix listener is the gdbstub, inside the machine's 0700 dir (QMP is a
-socket vmprobe listens on and QEMU connects to).
+the only unix listeners are the gdbstub and, on a warm machine, the control
+port, inside the machine's 0700 dir (QMP is a socket vmprobe listens on and
+QEMU connects to).
 """
 from __future__ import annotations
 
@@ -73,7 +74,8 @@ def test_qemu_listens_on_loopback_and_its_private_dir_only(vm):
     for table, ip, port, _ in inet:  # connections on the forward included: all bound to loopback
         assert ipaddress.ip_address(ip).is_loopback, f"QEMU has a {table} socket on {ip}:{port}"
     listeners = unix_listeners(inodes)
-    assert listeners == [str(vm.gdb_socket)], listeners
+    expected = {str(vm.gdb_socket)} | ({str(vm.control_socket)} if vm.warm else set())
+    assert sorted(listeners) == sorted(expected), listeners
     assert stat.S_IMODE(vm.workdir.stat().st_mode) == 0o700
     assert vm.workdir.stat().st_uid == os.getuid()
     # the SSH forward answers on loopback and nowhere else
