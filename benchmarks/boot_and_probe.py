@@ -20,45 +20,21 @@ Usage: benchmarks/boot_and_probe.py [--runs 3] [--accel tcg] [--json out.json]
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 from vmprobe import modules
 from vmprobe.accel import choose_accel
 from vmprobe.arch import profile_for
-from vmprobe.cpio import NewcArchive
 from vmprobe.kernels import get_kernel
 from vmprobe.machine import Machine
 from vmprobe.probe import ProbeOptions, run_probe_check
 from vmprobe.ssh import GuestSsh
 
-
-def raw_floor(kernel, accel: str) -> float:
-    """QEMU with the same kernel and machine, an init that powers off at once."""
-    p = profile_for(kernel.arch)
-    a = NewcArchive()
-    a.dir("bin")
-    a.dir("proc")
-    a.chardev("dev/console", 5, 1)
-    a.file("bin/busybox", Path("/bin/busybox").read_bytes(), 0o755)
-    a.file("init", b"#!/bin/busybox sh\n/bin/busybox poweroff -f\n", 0o755)
-    with tempfile.TemporaryDirectory(prefix="vmprobe-bench-") as tmp:
-        initrd = Path(tmp) / "initrd"
-        initrd.write_bytes(a.gzipped())
-        cmd = [p.qemu, "-M", p.machine, "-accel", accel, "-cpu", p.cpu_kvm if accel == "kvm" else p.cpu_tcg,
-               "-smp", "1", "-m", "1G", "-nodefaults", "-no-user-config", "-display", "none",
-               "-no-reboot", "-kernel", str(kernel.image_path), "-initrd", str(initrd),
-               "-append", f"console={p.console},115200 panic=-1 {' '.join(p.append)} cryptomgr.notests",
-               "-chardev", f"file,id=c,path={tmp}/console.log", "-serial", "chardev:c"]
-        t0 = time.monotonic()
-        subprocess.run(cmd, check=True, timeout=120, stdin=subprocess.DEVNULL)
-        return time.monotonic() - t0
+from bench_common import arguments, raw_floor
 
 
 def cli(*args: str) -> float:
@@ -69,11 +45,7 @@ def cli(*args: str) -> float:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--kernel", default="debian:bookworm")
-    ap.add_argument("--accel", default="auto")
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--json", type=Path)
+    ap = arguments(__doc__)
     ap.add_argument("--matrix", action="store_true", help="also time the four-kernel matrix")
     args = ap.parse_args()
     kernel = get_kernel(args.kernel)

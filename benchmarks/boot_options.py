@@ -12,21 +12,18 @@ Usage: benchmarks/boot_options.py [--runs 3] [--kernel debian:bookworm] [--json 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 from vmprobe.accel import choose_accel
 from vmprobe.arch import profile_for
-from vmprobe.cpio import NewcArchive
 from vmprobe.kernels import get_kernel
 from vmprobe.machine import Machine
+
+from bench_common import arguments, raw_floor
 
 
 def _drop(cmd: list[str], option: str, pattern: str) -> list[str]:
@@ -76,45 +73,8 @@ def boot_to_ssh(kernel, accel: str, variant) -> float:
         return time.monotonic() - t0
 
 
-def raw_floor(kernel, accel: str, microvm: bool) -> float:
-    p = profile_for(kernel.arch)
-    a = NewcArchive()
-    for d in ("bin", "proc"):
-        a.dir(d)
-    a.chardev("dev/console", 5, 1)
-    a.file("bin/busybox", Path("/bin/busybox").read_bytes(), 0o755)
-    # microvm,acpi=off cannot power off: reboot with -no-reboot ends QEMU the same way
-    a.file("init", b"#!/bin/busybox sh\n/bin/busybox reboot -f\n", 0o755)
-    khz = _host_tsc_khz()
-    machine = ["-M", "microvm,acpi=off"] if microvm else ["-M", "pc"]
-    extra = f" reboot=t tsc_early_khz={khz}" if microvm else ""
-    with tempfile.TemporaryDirectory(prefix="vmprobe-bench-") as tmp:
-        initrd = Path(tmp) / "initrd"
-        initrd.write_bytes(a.gzipped())
-        cmd = [p.qemu, *machine, "-accel", accel, "-cpu", p.cpu_tcg, "-smp", "1", "-m", "1G",
-               "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-               "-kernel", str(kernel.image_path), "-initrd", str(initrd),
-               "-append", f"console={p.console},115200 panic=-1 {' '.join(p.append)} "
-                          f"cryptomgr.notests{extra}",
-               "-chardev", f"file,id=c,path={tmp}/console.log", "-serial", "chardev:c"]
-        t0 = time.monotonic()
-        subprocess.run(cmd, check=True, timeout=120, stdin=subprocess.DEVNULL)
-        return time.monotonic() - t0
-
-
-def _host_tsc_khz() -> int:
-    text = Path("/proc/cpuinfo").read_text()
-    mhz = float(re.search(r"cpu MHz\s*:\s*([\d.]+)", text)[1])
-    return int(mhz * 1000)
-
-
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--kernel", default="debian:bookworm")
-    ap.add_argument("--accel", default="tcg")
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--json", type=Path)
-    args = ap.parse_args()
+    args = arguments(__doc__, accel="tcg").parse_args()
     kernel = get_kernel(args.kernel)
     accel = choose_accel(args.accel, profile_for(kernel.arch), kernel.image_path)
     samples: dict[str, list[float]] = {}

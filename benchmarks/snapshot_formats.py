@@ -11,7 +11,6 @@ Usage: benchmarks/snapshot_formats.py [--runs 3] [--kernel debian:bookworm] [--j
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import statistics
@@ -25,6 +24,8 @@ from vmprobe import rootfs
 from vmprobe.errors import VmprobeError
 from vmprobe.kernels import get_kernel
 from vmprobe.machine import Machine
+
+from bench_common import arguments
 
 
 class SavevmMachine(Machine):
@@ -86,12 +87,7 @@ def restore(kernel, accel, directory: Path, fmt: str) -> Machine:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--kernel", default="debian:bookworm")
-    ap.add_argument("--accel", default="tcg")
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--json", type=Path)
-    args = ap.parse_args()
+    args = arguments(__doc__, accel="tcg").parse_args()
     kernel = get_kernel(args.kernel)
     results = {}
     with tempfile.TemporaryDirectory(prefix="vmprobe-bench-") as tmp:

@@ -246,7 +246,7 @@ class ProbeCheck:
         return records[0].address
 
     def _explain_refusal(self, symbol: str, insmod_said: str, mark: int) -> str:
-        k, opt = self.m.kernel, self.opt
+        k = self.m.kernel
         code = None
         with contextlib.suppress(VmprobeError):
             m = self.m.console.expect(rf"vmprobe-error nonce={self.run_state.nonce} .*register_kprobe=(-?\d+)",

@@ -1,7 +1,6 @@
 """vmprobe.kprobes_list: the debugfs list and the 2.6-era SysRq listing."""
 from __future__ import annotations
 
-import pytest
 
 from vmprobe.kprobes_list import ProbeRecord, parse_debugfs_list, parse_sysrq_listing
 

@@ -25,7 +25,7 @@ import pytest
 from vmprobe import modules
 from vmprobe.config import TEMPLATES_DIR
 from vmprobe.crash import find_crashes, first_fatal
-from vmprobe.errors import CommandTimeout, GuestCrash, QemuError, SshError, VmprobeError
+from vmprobe.errors import CommandTimeout, GuestCrash, QemuError, VmprobeError
 from vmprobe.machine import Machine
 from vmprobe.panics import PANIC_NOTE
 from vmprobe.probe import ProbeCheck, ProbeOptions
