@@ -11,6 +11,9 @@ __all__ = ["DEFAULT_SPEC", "Kernel", "KernelSpec", "get_kernel", "list_kernels",
 
 def get_kernel(spec_text: str = DEFAULT_SPEC, *, refresh: bool = False, log=None) -> Kernel:
     """Resolve a spec to a complete, verified kernel in the cache (fetching it if needed)."""
+    if spec_text.strip().startswith(("local:", "built:")):
+        from .local import get_local_kernel
+        return get_local_kernel(spec_text, log=log)
     catalog = load_catalog()
     spec = parse_spec(spec_text, catalog)
     return DebianProvider(catalog).fetch(spec, refresh=refresh, log=log)
