@@ -267,6 +267,23 @@ def vermagic_from_image(data: bytes, release: str) -> str | None:
     return m[1].decode() if m else None
 
 
+def image_vermagic(kernel: Kernel) -> str | None:
+    """A kernel's vermagic from its vmlinux or its (decompressed) image, for kernels without modules."""
+    build = getattr(kernel, "build_path", None)
+    for path in (getattr(kernel, "vmlinux_path", None), build / "vmlinux" if build else None):
+        if path and path.is_file():
+            found = vermagic_from_image(path.read_bytes(), kernel.release)
+            if found:
+                return found
+    image = getattr(kernel, "image_path", None)
+    if not image or not image.is_file():
+        return None
+    data = image.read_bytes()
+    payload = x86_payload(data) if data[0x202:0x206] == b"HdrS" else None
+    inner = decompress(*payload) if payload else data
+    return vermagic_from_image(inner, kernel.release)
+
+
 # -- build trees ------------------------------------------------------------------------
 
 def check_build_dir(build: Path) -> None:
@@ -363,6 +380,9 @@ def _describe(tmp: Path, spec: LocalSpec, image: Path, build: Path | None) -> No
     if modules is None:
         modules = tmp / "modules"  # none known: the guest gets no modules to load
         modules.mkdir()
+        from ..rootfs import ALL_BUILTIN
+        (modules / ALL_BUILTIN).write_text("vmprobe: no modules dir given; assuming the drivers "
+                                          "the guest needs are built in\n")
     build_dir = build if build else tmp / "no-build-dir"
     if not build:
         build_dir.mkdir()
