@@ -30,7 +30,7 @@ from pathlib import Path
 
 from .. import cache
 from ..config import PROJECT_ROOT, cache_dir
-from ..errors import ConfigError, FetchError, SpecError, VmprobeError
+from ..errors import ConfigError, FetchError, KernelBuildError, SpecError
 from .kernel import Kernel
 
 RECIPE = "kbuild-v1"
@@ -40,13 +40,6 @@ BUILD_TIMEOUT = 4 * 3600  # a cold build on a loaded 2-core machine, with a wide
 STEP_TIMEOUT = 600        # configuring, patching, unpacking
 #: Debian architecture → (kernel ARCH, image path in the tree, base config targets)
 ARCHES = {"amd64": ("x86_64", "arch/x86/boot/bzImage")}
-
-
-class KernelBuildError(VmprobeError):
-    """Patching, configuring or compiling a kernel failed."""
-
-    exit_code = 72
-    kind = "kernel build failed"
 
 
 @dataclass
@@ -404,3 +397,38 @@ def _run(cmd: list[str], *, what: str, cwd: Path | None = None, env: dict | None
         raise KernelBuildError(f"{what} failed (exit {proc.returncode})",
                                detail=(proc.stdout[-2000:] + proc.stderr[-2000:]))
     return proc.stdout
+
+
+# -- the command line ------------------------------------------------------------------
+
+def add_build_arguments(ksub) -> None:
+    """``vmprobe kernels build`` (wired in cli.py)."""
+    kb = ksub.add_parser(
+        "build", help="build a kernel from source (patched, configured for vmprobe), cached",
+        description="Unpack a kernel source, apply patches (patch -p1), configure it from "
+                    "tinyconfig plus a config fragment (merge_config.sh), build the image and what "
+                    "out-of-tree module builds need. Prints the kernel spec to use (built:<key>).")
+    kb.add_argument("--source", required=True,
+                    help="a kernel source tree, or debian-source:<series> (Debian's linux-source "
+                         "package, e.g. debian-source:6.1)")
+    kb.add_argument("--patch", action="append", default=[], type=Path,
+                    help=f"a patch to apply with patch -p1 (repeatable; shipped: {PATCHES_DIR}/)")
+    kb.add_argument("--config-fragment", action="append", default=[], type=Path,
+                    help=f"config fragment(s) to merge (default {DEFAULT_FRAGMENT})")
+    kb.add_argument("--jobs", "-j", type=int, default=None, help="make -j (default: CPUs)")
+    kb.add_argument("--json", action="store_true", help="print the kernel record as JSON")
+
+
+def cmd_build(args, log) -> int:
+    import json
+    t0 = time.monotonic()
+    kernel = build_kernel(args.source, args.patch, args.config_fragment, jobs=args.jobs, log=log)
+    if args.json:
+        data = json.loads((kernel.root / "kernel.json").read_text())
+        data["root"] = str(kernel.root)
+        print(json.dumps(data, indent=2))
+    else:
+        print(f"{kernel.spec} {kernel.release} -> {kernel.root}")
+    log(f"vmprobe: kernel ready in {time.monotonic() - t0:.0f}s; use it as --kernel {kernel.spec} "
+        f"(or local:{kernel.root})")
+    return 0
