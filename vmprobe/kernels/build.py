@@ -241,7 +241,12 @@ def _build(tmp: Path, key: str, source: Source, patches: list[Path], fragments: 
                    timeout=STEP_TIMEOUT).strip()
     _run(make + ["-s", "modules_install", f"INSTALL_MOD_PATH={tmp / 'modroot'}", "DEPMOD=true"],
          cwd=tree, env=env, what="make modules_install", timeout=STEP_TIMEOUT)
-    modules = next((tmp / "modroot" / "lib" / "modules").glob("*"))
+    modules = tmp / "modroot" / "lib" / "modules" / release
+    if not modules.is_dir():  # nothing to install: still say what is built in
+        modules.mkdir(parents=True)
+        for name in ("modules.builtin", "modules.order"):
+            if (tree / name).exists():
+                shutil.copy2(tree / name, modules / name)
     for link in ("build", "source"):  # absolute links into the staging dir
         (modules / link).unlink(missing_ok=True)
     m = re.match(r"^(\d+)\.(\d+)", release)
