@@ -125,3 +125,15 @@ def test_source_errors(tmp_path):
         resolve_source("debian-source:six", print)
     with pytest.raises(SpecError, match="no Debian suite in the catalog ships a 2.4 kernel"):
         resolve_source("debian-source:2.4", print)
+
+
+def test_dir_source_identity_follows_the_tree(tmp_path):
+    tree = tmp_path / "linux"
+    (tree / "scripts" / "kconfig").mkdir(parents=True)
+    for name in ("Makefile", "Kconfig", "scripts/kconfig/merge_config.sh"):
+        (tree / name).write_text(name)
+    first = dir_source(tree).identity
+    (tree / "init.o").write_text("a build output")  # outputs do not count
+    assert dir_source(tree).identity == first
+    (tree / "Kconfig").write_text("changed source")
+    assert dir_source(tree).identity != first

@@ -60,7 +60,7 @@ class Source:
 def debian_source(series: str, log) -> Source:
     """``debian-source:<series>``: linux-source-<series> from the suite that ships it."""
     from .catalog import load_catalog
-    from .debian import DebianProvider
+    from .debian import DebianProvider, verified_deb
 
     catalog = load_catalog()
     suites = [s for s in catalog.suites.values() if s.series == series]
@@ -87,14 +87,8 @@ def debian_source(series: str, log) -> Source:
                     f"from {', '.join(sorted({u for u, _ in apt.sources}))}")
                 with cache.staging(deb) as tmp:
                     apt.download([f"{package}={version}"], tmp)
-                    got = list(tmp.glob(f"{package}_*.deb"))
-                    if len(got) != 1:
-                        raise FetchError(f"apt did not deliver {package}={version}")
-                    digest = cache.sha256_file(got[0])
-                    if stanza.get("SHA256") and digest != stanza["SHA256"]:
-                        raise FetchError(f"{got[0].name}: sha256 {digest} does not match the "
-                                         f"archive's {stanza['SHA256']}")
-                    os.rename(got[0], tmp.parent / (tmp.name + ".deb"))
+                    got, _ = verified_deb(tmp, stanza)
+                    os.rename(got, tmp.parent / (tmp.name + ".deb"))
                     shutil.rmtree(tmp)
                     os.rename(tmp.parent / (tmp.name + ".deb"), tmp)
     sha = stanza.get("SHA256") or cache.sha256_file(deb)
