@@ -137,3 +137,15 @@ def test_dir_source_identity_follows_the_tree(tmp_path):
     assert dir_source(tree).identity == first
     (tree / "Kconfig").write_text("changed source")
     assert dir_source(tree).identity != first
+
+
+@needs_patch
+def test_fuzzy_application_is_reported(tmp_path):
+    tree = _tree(tmp_path)
+    patch = _patch(tmp_path, tree, lambda t: (t / "kernel" / "a.c").write_text(
+        (t / "kernel" / "a.c").read_text().replace("int line20;", "int line20;\nint added;")))
+    (tree / "kernel" / "a.c").write_text((tree / "kernel" / "a.c").read_text().replace(
+        "int line18;", "int line18_drifted;"))  # the outermost context line drifted
+    fuzzy = apply_patch(tree, patch)
+    assert len(fuzzy) == 1 and "with fuzz 1" in fuzzy[0]
+    assert "int added;" in (tree / "kernel" / "a.c").read_text()

@@ -88,3 +88,38 @@ def test_probe_check_on_the_built_kernel(built, no_leaks, accel):
         report = run_probe_check(vm, fork, ProbeOptions(offset=0, post_handler=True))
     assert report.verdict == "pass", report.summary()
     assert report.to_dict()["sysrq"] == {"proc": True, "send_key": True}
+
+
+def test_cli_prints_the_spec_of_the_cached_build(built, vmprobe_cli):
+    res = vmprobe_cli("kernels", "build", "--source", "debian-source:6.1", "--patch", str(PATCH))
+    assert res.returncode == 0, res.stderr
+    spec, release, arrow, root = res.stdout.split()
+    assert (spec, release, root) == (built.spec, built.release, str(built.root))
+    assert f"--kernel {built.spec}" in res.stderr
+    res = vmprobe_cli("exec", "--kernel", built.spec, "--", "sh", "-c", "uname -r")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == built.release
+
+
+def test_a_patch_that_does_not_apply_names_its_hunk(tmp_path, vmprobe_cli):
+    """A hunk removing a line 6.1's kprobes.c lacks (no fuzz helps): exit 76, hunk named, nothing built."""
+    bad = tmp_path / "bad.patch"
+    bad.write_text("--- a/kernel/kprobes.c\n+++ b/kernel/kprobes.c\n@@ -23,3 +23,3 @@\n"
+                   " #include <linux/kprobes.h>\n-#include <linux/no_such_header.h>\n"
+                   "+#include <linux/hash.h>\n #include <linux/init.h>\n")
+    res = vmprobe_cli("kernels", "build", "--source", "debian-source:6.1", "--patch", str(PATCH),
+                      "--patch", str(bad), timeout=900)
+    assert res.returncode == 76, res.stderr
+    assert "bad.patch does not apply: kernel/kprobes.c: hunk #1 at line 23" in res.stderr
+    assert "make bzImage" not in res.stderr
+
+
+def test_options_kconfig_drops_are_reported(tmp_path, vmprobe_cli):
+    """virtio-net without networking: kconfig drops it, and the build stops saying so."""
+    frag = tmp_path / "nonet.config"
+    frag.write_text(DEFAULT_FRAGMENT.read_text().replace("CONFIG_NET=y\n", "# CONFIG_NET is not set\n"))
+    res = vmprobe_cli("kernels", "build", "--source", "debian-source:6.1", "--config-fragment", str(frag),
+                      timeout=900)
+    assert res.returncode == 76, res.stderr
+    assert "kconfig dropped options" in res.stderr
+    assert "CONFIG_VIRTIO_NET=y (is not set)" in res.stderr

@@ -210,8 +210,8 @@ def _build(tmp: Path, key: str, source: Source, patches: list[Path], fragments: 
     source.unpack(tree)
     timings["unpack"] = time.monotonic() - t
     for p in patches:
-        apply_patch(tree, p)
-        log(f"vmprobe: applied {p.name}")
+        fuzzy = apply_patch(tree, p)
+        log(f"vmprobe: applied {p.name}" + (f" (with fuzz: {'; '.join(fuzzy)})" if fuzzy else ""))
     t = time.monotonic()
     env = dict(os.environ, ARCH=karch, LC_ALL="C", KBUILD_BUILD_USER="vmprobe",
                KBUILD_BUILD_HOST="vmprobe")
@@ -258,8 +258,12 @@ def _build(tmp: Path, key: str, source: Source, patches: list[Path], fragments: 
     log("vmprobe: build times: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
 
 
-def apply_patch(tree: Path, patch: Path) -> None:
-    """``patch -p1`` (dry run first, so a failing patch leaves nothing half-applied)."""
+def apply_patch(tree: Path, patch: Path) -> list[str]:
+    """``patch -p1`` (dry run first, so a failing patch leaves nothing half-applied).
+
+    Returns patch's "Hunk #N succeeded at L with fuzz F" lines, worth a look.
+    """
+    proc = None
     for dry in (True, False):
         cmd = ["patch", "-p1", "--forward", "--batch", "--no-backup-if-mismatch", "-i", str(patch)]
         proc = subprocess.run(cmd + (["--dry-run"] if dry else []), cwd=tree, capture_output=True,
@@ -267,6 +271,7 @@ def apply_patch(tree: Path, patch: Path) -> None:
         if proc.returncode != 0:
             raise KernelBuildError(f"{patch.name} does not apply: {failed_hunks(proc.stdout)}",
                                    detail=proc.stdout[-3000:] + proc.stderr[-1000:])
+    return [line.strip().rstrip(".") for line in proc.stdout.splitlines() if "with fuzz" in line]
 
 
 def failed_hunks(output: str) -> str:
