@@ -159,6 +159,8 @@ def test_local_image_alone_has_no_modules_or_build(tmp_path):
     from vmprobe.errors import ModuleBuildError
     with pytest.raises(ModuleBuildError, match="has no build directory"):
         build(tmp_path / "m.c", kernel)
+    import shutil
+    shutil.rmtree(kernel.root)  # its image lives in tmp_path: do not leave a dangling entry
 
 
 def test_vermagic_string_search():

@@ -106,7 +106,7 @@ def test_a_patch_that_does_not_apply_names_its_hunk(tmp_path, vmprobe_cli):
     bad = tmp_path / "bad.patch"
     bad.write_text("--- a/kernel/kprobes.c\n+++ b/kernel/kprobes.c\n@@ -23,3 +23,3 @@\n"
                    " #include <linux/kprobes.h>\n-#include <linux/no_such_header.h>\n"
-                   "+#include <linux/hash.h>\n #include <linux/init.h>\n")
+                   "+#include <linux/vmprobe_other.h>\n #include <linux/init.h>\n")
     res = vmprobe_cli("kernels", "build", "--source", "debian-source:6.1", "--patch", str(PATCH),
                       "--patch", str(bad), timeout=900)
     assert res.returncode == 76, res.stderr

@@ -30,4 +30,8 @@ def list_kernels() -> list[dict]:
             cached = [p.name for p in provider.cached_entries(spec)]
             rows.append({"spec": str(spec), "series": suite.series, "arch": flavour.arch,
                          "default": flavour.name == suite.default_flavour, "cached": cached})
+    from .build import built_kernels
+    for kernel in built_kernels():  # `vmprobe kernels build` results
+        rows.append({"spec": kernel.spec, "series": kernel.series, "arch": kernel.arch,
+                     "default": False, "cached": [kernel.root.name]})
     return rows

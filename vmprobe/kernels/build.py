@@ -183,13 +183,13 @@ def build_kernel(source_text: str, patches: list[Path] = (), fragments: list[Pat
     entry = built_entry(key)
     if (entry / "kernel.json").exists():
         try:
-            return Kernel.load(entry)
+            return load_built(entry)
         except FetchError as exc:
             log(f"vmprobe: {exc.message}; building it again")
     with cache.locked(entry, timeout=BUILD_TIMEOUT):
         if (entry / "kernel.json").exists():
             try:
-                return Kernel.load(entry)
+                return load_built(entry)
             except FetchError:
                 pass
         log(f"vmprobe: building {source.label}"
@@ -197,7 +197,29 @@ def build_kernel(source_text: str, patches: list[Path] = (), fragments: list[Pat
             + f" into {entry}")
         with cache.staging(entry) as tmp:
             _build(tmp, key, source, patches, fragments, arch, jobs or os.cpu_count() or 1, log)
-    return Kernel.load(entry)
+    return load_built(entry)
+
+
+def built_kernels() -> list[Kernel]:
+    """Every complete built kernel in the cache (no verification: cheap, for listings)."""
+    found = []
+    for entry in sorted(cache_dir("kernels").glob("built-*")):
+        if (entry / "kernel.json").is_file():
+            try:
+                found.append(Kernel.load(entry, verify=False))
+            except FetchError:
+                continue
+    return found
+
+
+def load_built(entry: Path) -> Kernel:
+    """A built kernel's record (entries from before records named their vmlinux get it added)."""
+    kernel = Kernel.load(entry)
+    if not kernel.vmlinux and (entry / "linux" / "vmlinux").is_file():
+        with cache.locked(entry):
+            kernel.vmlinux = "linux/vmlinux"
+            kernel.save()
+    return kernel
 
 
 def _build(tmp: Path, key: str, source: Source, patches: list[Path], fragments: list[Path],
@@ -249,6 +271,7 @@ def _build(tmp: Path, key: str, source: Source, patches: list[Path], fragments: 
         flavour="built", series=f"{m[1]}.{m[2]}" if m else release, cc=source.cc, root=tmp,
         image=f"linux/{image}", config="linux/.config",
         modules_dir=str(modules.relative_to(tmp)), build_dir="linux", suite=source.suite,
+        vmlinux="linux/vmlinux",
         packages=[{"source": source.identity, "patches": [p.name for p in patches],
                    "fragments": [f.name for f in fragments]}])
     kernel.image_sha256 = cache.sha256_file(tmp / kernel.image)

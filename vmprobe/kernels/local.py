@@ -322,6 +322,9 @@ def get_local_kernel(spec: LocalSpec | str, log=None) -> Kernel:
     if isinstance(spec, str):
         spec = parse_local_spec(spec)
     if (spec.path / RECORD).is_file():
+        if spec.provider == "built":
+            from .build import load_built
+            return load_built(spec.path)
         return Kernel.load(spec.path)
     opts = spec.options
     path = spec.path
