@@ -149,3 +149,20 @@ def test_fuzzy_application_is_reported(tmp_path):
     fuzzy = apply_patch(tree, patch)
     assert len(fuzzy) == 1 and "with fuzz 1" in fuzzy[0]
     assert "int added;" in (tree / "kernel" / "a.c").read_text()
+
+
+def test_run_make_progress_and_failure(tmp_path):
+    """make's ' CC file' lines are counted for the progress line; a failure names the first error."""
+    from vmprobe.kernels.build import run_make
+    (tmp_path / "Makefile").write_text(
+        "all:\n\t@echo '  CC      init/main.o'\n\t@sleep 0.3\n\t@echo '  LD      vmlinux'\n"
+        "bad:\n\t@echo '  CC      kernel/kprobes.o'\n"
+        "\t@echo 'kernel/kprobes.c:10:2: error: expected expression'\n\t@false\n")
+    logged = []
+    run_make(["make", "all"], tmp_path, None, "make all", logged.append, interval=0.1)
+    assert any(m.startswith("vmprobe: make all: 1 steps") and "init/main.o" in m for m in logged)
+    assert logged[-1].startswith("vmprobe: make all: done in") and "(2 steps)" in logged[-1]
+    with pytest.raises(KernelBuildError) as info:
+        run_make(["make", "bad"], tmp_path, None, "make bad", logged.append)
+    assert info.value.message == "make bad failed: kernel/kprobes.c:10:2: error: expected expression"
+    assert "kernel/kprobes.o" in info.value.detail

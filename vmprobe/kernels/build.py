@@ -355,8 +355,10 @@ def run_make(cmd: list[str], cwd: Path, env: dict, what: str, log, interval: flo
     tail: list[str] = []
     count = 0
     last = ""
+    from ..machine import die_with_parent  # make (and so its jobs) stops if vmprobe is killed
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, text=True, errors="replace", start_new_session=True)
+                            stdin=subprocess.DEVNULL, text=True, errors="replace", start_new_session=True,
+                            preexec_fn=die_with_parent)
     done = threading.Event()
     tty = sys.stderr.isatty()
 
