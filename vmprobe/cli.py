@@ -35,8 +35,8 @@ def _offset(text: str) -> int | str:
 
 def _machine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernel", "-k", default=DEFAULT_SPEC,
-                   help=f"kernel spec, e.g. debian:bookworm, debian:bookworm/cloud-amd64@6.1.0-56 "
-                        f"(default {DEFAULT_SPEC})")
+                   help=f"kernel spec, e.g. debian:bookworm, debian:bookworm/cloud-amd64@6.1.0-56, "
+                        f"local:PATH[?build=DIR], built:<key> (default {DEFAULT_SPEC})")
     p.add_argument("--accel", choices=ACCEL_CHOICES, default=os.environ.get("VMPROBE_ACCEL", "auto"),
                    help="kvm, tcg, or auto: KVM only if a real test boot works (default auto)")
     p.add_argument("--smp", type=int, default=1, help="guest CPUs (default 1: fastest under TCG)")
@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     kf = ksub.add_parser("fetch", help="download a kernel into the cache")
     kf.add_argument("spec", nargs="?", default=DEFAULT_SPEC)
     kf.add_argument("--refresh", action="store_true", help="refresh the archive's package lists first")
+    from .kernels.build import add_build_arguments
+    add_build_arguments(ksub)
 
     ex = sub.add_parser("exec", help="boot a kernel, run a command in it, exit with its status")
     _machine_args(ex)
@@ -203,6 +205,9 @@ def cmd_kernels(args) -> int:
             spec = row["spec"] + (" (default)" if row["default"] else "")
             print(f"{spec:36} {row['series']:7} {row['arch']:6} {', '.join(row['cached']) or '-'}")
         return 0
+    if args.kernels_command == "build":
+        from .kernels.build import cmd_build
+        return cmd_build(args, _log)
     kernel = get_kernel(args.spec, refresh=args.refresh, log=_log)
     print(f"{kernel.spec} {kernel.release} {kernel.version} {kernel.arch} -> {kernel.root}")
     return 0

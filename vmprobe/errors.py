@@ -103,6 +103,13 @@ class ModuleLoadError(VmprobeError):
     kind = "module load failed"
 
 
+class KernelBuildError(VmprobeError):
+    """Patching, configuring or compiling a kernel from source failed (``vmprobe kernels build``)."""
+
+    exit_code = 76
+    kind = "kernel build failed"
+
+
 class ProbeCheckFailed(VmprobeError):
     """The probe check ran to the end and at least one check failed."""
 
@@ -118,6 +125,6 @@ EXIT_CODES = {
     for cls in (
         ProbeCheckFailed, SpecError, ConfigError, FetchError, QemuError,
         BootTimeout, GuestCrash, VmprobeError, SshError, CommandTimeout,
-        GdbError, ModuleBuildError, ModuleLoadError,
+        GdbError, ModuleBuildError, ModuleLoadError, KernelBuildError,
     )
 }

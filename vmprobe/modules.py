@@ -51,7 +51,12 @@ def kernel_vermagic(kernel: Kernel) -> str:
         magic = Module.from_ko(ko).vermagic
         if magic:
             return magic
-    raise ModuleBuildError(f"cannot tell the vermagic of {kernel.release}: it ships no modules")
+    from .kernels.local import image_vermagic  # everything built in: read the kernel itself
+    magic = image_vermagic(kernel)
+    if magic:
+        return magic
+    raise ModuleBuildError(f"cannot tell the vermagic of {kernel.release}: it ships no modules "
+                           f"and its image holds no vermagic string")
 
 
 def check_vermagic(module: Module, kernel: Kernel) -> None:
@@ -87,7 +92,11 @@ def build(source: Path, kernel: Kernel, log=None) -> list[Module]:
     if kernel.toolchain == "host" and not shutil.which(cc):
         raise ConfigError(f"{cc} not found: modules for {kernel.release} ({kernel.arch}) are built with it "
                           f"(apt-get install {_cc_package(cc)})")
+    if not (kernel.build_path / "Makefile").exists():
+        raise ModuleBuildError(f"{kernel.spec} has no build directory to build {source.name} against "
+                               f"(local: kernels take ?build=DIR, a tree after `make modules_prepare`)")
     key = cache.digest("module-v1", kernel.spec, kernel.version, cc, kernel.toolchain,
+                       kernel.image_sha256,
                        *[f"{f.relative_to(base)}:{cache.sha256_file(f)}" for f in files])
     target = cache_dir("modules") / key
     if not target.exists():

@@ -250,6 +250,9 @@ class VmprobeSession:
         from .kernels.catalog import load_catalog
         catalog = load_catalog()
         parsed = parse_spec(spec, catalog)
+        if parsed.provider != "debian":  # local:/built: — described from the image itself
+            got = self.kernel(spec)
+            return got.series, got.arch
         suite = catalog.suites[parsed.suite]
         return suite.series, suite.flavours[parsed.flavour].arch
 

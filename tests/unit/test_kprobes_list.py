@@ -67,3 +67,17 @@ def test_sysrq_multiline_listing():
     recs = parse_sysrq_listing(text)
     assert [(r.symbol, r.module, r.handler) for r in recs] == [
         ("do_fork", None, None), ("sys_open", None, None)]
+
+
+def test_sysrq_2_6_format_with_symbolized_handler():
+    """The 2.6.10 patch's line: probed sym+off/size, a tab, the handler via print_symbol."""
+    text = ("[   12.345678] sysrq: Show kprobes\n"
+            "[   12.345700] [<ffffffff8107a2b0>] kernel_clone+0x0/0x3d0\thandler_pre+0x0/0x30 [vmprobe_fork]\n"
+            "[<c011ea60>] do_fork+0x0/0x1de\thandler_pre+0x0/0x30 [kprobe_example]\n"
+            "[<ffffffffc0a01010>] my_fn+0x10/0x40 [mymod]\tpre_handler_kretprobe+0x0/0x90\n")
+    a, b, c = parse_sysrq_listing(text)
+    assert (a.address, a.symbol, a.offset, a.size, a.module) == (0xffffffff8107a2b0, "kernel_clone", 0, 0x3d0, None)
+    assert (a.handler, a.handler_module) == ("handler_pre", "vmprobe_fork")
+    assert (b.symbol, b.size, b.handler, b.handler_module) == ("do_fork", 0x1de, "handler_pre", "kprobe_example")
+    assert (c.symbol, c.offset, c.module, c.handler, c.handler_module) == (
+        "my_fn", 0x10, "mymod", "pre_handler_kretprobe", None)

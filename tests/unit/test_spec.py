@@ -140,7 +140,7 @@ def test_malformed(text, catalog):
         parse_spec(text, catalog)
 
 
-@pytest.mark.parametrize("text", ["bookworm", "ubuntu:jammy", "local:/boot/vmlinuz", ""])
+@pytest.mark.parametrize("text", ["bookworm", "ubuntu:jammy", "file:/boot/vmlinuz", ""])
 def test_unknown_provider(text, catalog):
     with pytest.raises(SpecError, match=r"unknown kernel spec .*e\.g\. 'debian:bookworm'"):
         parse_spec(text, catalog)

@@ -11,6 +11,9 @@ __all__ = ["DEFAULT_SPEC", "Kernel", "KernelSpec", "get_kernel", "list_kernels",
 
 def get_kernel(spec_text: str = DEFAULT_SPEC, *, refresh: bool = False, log=None) -> Kernel:
     """Resolve a spec to a complete, verified kernel in the cache (fetching it if needed)."""
+    if spec_text.strip().startswith(("local:", "built:")):
+        from .local import get_local_kernel
+        return get_local_kernel(spec_text, log=log)
     catalog = load_catalog()
     spec = parse_spec(spec_text, catalog)
     return DebianProvider(catalog).fetch(spec, refresh=refresh, log=log)
@@ -27,4 +30,8 @@ def list_kernels() -> list[dict]:
             cached = [p.name for p in provider.cached_entries(spec)]
             rows.append({"spec": str(spec), "series": suite.series, "arch": flavour.arch,
                          "default": flavour.name == suite.default_flavour, "cached": cached})
+    from .build import built_kernels
+    for kernel in built_kernels():  # `vmprobe kernels build` results
+        rows.append({"spec": kernel.spec, "series": kernel.series, "arch": kernel.arch,
+                     "default": False, "cached": [kernel.root.name]})
     return rows

@@ -188,16 +188,10 @@ class DebianProvider:
         root.mkdir()
         packages = []
         for stanza in wanted:
-            files = list(debs.glob(f"{stanza['Package']}_*.deb"))
-            if len(files) != 1:
-                raise FetchError(f"apt did not deliver {stanza['Package']}={version}")
-            digest = cache.sha256_file(files[0])
-            if stanza.get("SHA256") and digest != stanza["SHA256"]:
-                raise FetchError(f"{files[0].name}: sha256 {digest} does not match the archive's "
-                                 f"{stanza['SHA256']}")
+            deb, digest = verified_deb(debs, stanza)
             packages.append({"name": stanza["Package"], "version": version, "sha256": digest})
             with progress.status(f"unpacking {stanza['Package']}"):
-                _run(["dpkg-deb", "-x", str(files[0]), str(root)])
+                _run(["dpkg-deb", "-x", str(deb), str(root)])
         for f in debs.iterdir():
             f.unlink()
         debs.rmdir()
@@ -208,6 +202,18 @@ class DebianProvider:
             setattr(kernel, attr, "root/" + getattr(kernel, attr))
         kernel.image_sha256 = cache.sha256_file(tmp / kernel.image)
         kernel.save()
+
+
+def verified_deb(debs: Path, stanza: dict) -> tuple[Path, str]:
+    """The .deb apt downloaded for a stanza, and its sha256 (checked against the archive's)."""
+    files = list(debs.glob(f"{stanza['Package']}_*.deb"))
+    if len(files) != 1:
+        raise FetchError(f"apt did not deliver {stanza['Package']}={stanza['Version']}")
+    digest = cache.sha256_file(files[0])
+    if stanza.get("SHA256") and digest != stanza["SHA256"]:
+        raise FetchError(f"{files[0].name}: sha256 {digest} does not match the archive's "
+                         f"{stanza['SHA256']}")
+    return files[0], digest
 
 
 def _alternatives(template: str, names: dict[str, str]) -> list[str]:

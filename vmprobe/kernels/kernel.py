@@ -34,6 +34,7 @@ class Kernel:
     suite: str = ""
     toolchain: str = "host"      # "host", or "chroot": build inside a chroot of `suite`
     toolchain_packages: list[str] = field(default_factory=list)
+    vmlinux: str = ""            # an uncompressed vmlinux with symbols, if known (local/built kernels)
 
     # -- paths ---------------------------------------------------------------
     @property
@@ -51,6 +52,10 @@ class Kernel:
     @property
     def build_path(self) -> Path:
         return self.root / self.build_dir
+
+    @property
+    def vmlinux_path(self) -> Path | None:
+        return self.root / self.vmlinux if self.vmlinux else None
 
     # -- facts ---------------------------------------------------------------
     @cached_property

@@ -1,4 +1,4 @@
-"""Kernel specs: ``debian:<suite>[/<flavour>][@<abi>]`` (and, later, ``local:PATH``)."""
+"""Kernel specs: ``debian:<suite>[/<flavour>][@<abi>]``, ``local:PATH[?opts]``, ``built:<key>``."""
 from __future__ import annotations
 
 import re
@@ -25,13 +25,19 @@ class KernelSpec:
         return f"{text}@{self.abi}" if self.abi else text
 
 
-def parse_spec(text: str, catalog: Catalog | None = None) -> KernelSpec:
-    """Parse and validate a spec against the catalog; errors say what exists."""
-    catalog = catalog or load_catalog()
+def parse_spec(text: str, catalog: Catalog | None = None):
+    """Parse and validate a spec against the catalog; errors say what exists.
+
+    ``local:``/``built:`` specs give a :class:`~vmprobe.kernels.local.LocalSpec`.
+    """
     text = text.strip()
+    if text.startswith(("local:", "built:")):
+        from .local import parse_local_spec
+        return parse_local_spec(text)
+    catalog = catalog or load_catalog()
     if not text.startswith("debian:"):
         raise SpecError(f"unknown kernel spec {text!r}: expected 'debian:<suite>[/<flavour>][@<abi>]', "
-                        f"e.g. {DEFAULT_SPEC!r}")
+                        f"'local:PATH' or 'built:<key>', e.g. {DEFAULT_SPEC!r}")
     m = _DEBIAN.match(text)
     if not m:
         raise SpecError(f"malformed kernel spec {text!r}: expected 'debian:<suite>[/<flavour>][@<abi>]'")
