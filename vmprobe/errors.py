@@ -17,6 +17,8 @@ class VmprobeError(Exception):
         super().__init__(message)
         self.message = message
         self.detail = detail
+        if detail:  # shown under the message in tracebacks and pytest reports (the console tail…)
+            self.add_note(detail.rstrip())
 
     def render(self) -> str:
         """The message, then the detail (e.g. a console tail) indented."""
