@@ -28,29 +28,32 @@ def _images() -> list[Path]:
     return found
 
 
-IMAGES = _images()
-needs_images = pytest.mark.skipif(not IMAGES, reason="no Debian kernel in the cache (run a vm test first)")
+@pytest.fixture
+def images(kernel) -> list[Path]:
+    """Every Debian kernel image in the cache: at least the session's kernel (fetched if need be),
+    and whichever other suites and arches earlier runs fetched."""
+    found = _images()
+    assert kernel.image_path in found
+    return found
 
 
-@needs_images
-@pytest.mark.parametrize("image", IMAGES, ids=lambda p: p.name if p.name != "vmlinuz" else p.parent.name)
-def test_release_and_arch_from_real_images(image):
+def test_release_and_arch_from_real_images(images):
     """The release read from the image's header/banner is the one Debian named the file after."""
     from vmprobe.kernels import Kernel
-    facts = read_image(image)
-    release = image.name[len("vmlinuz-"):] if image.name.startswith("vmlinuz-") else image.parent.name
-    assert facts.release == release
-    entry = next(p for p in image.parents if (p / "kernel.json").exists())
-    recorded = Kernel.load(entry, verify=False)
-    assert facts.arch == recorded.arch
-    if facts.format == "bzImage":
-        assert facts.protocol >= "2.08" and facts.compression
-        assert facts.banner.startswith(release + " (")
+    for image in images:
+        facts = read_image(image)
+        release = image.name[len("vmlinuz-"):] if image.name.startswith("vmlinuz-") else image.parent.name
+        assert facts.release == release, image
+        entry = next(p for p in image.parents if (p / "kernel.json").exists())
+        recorded = Kernel.load(entry, verify=False)
+        assert facts.arch == recorded.arch, image
+        if facts.format == "bzImage":
+            assert facts.protocol >= "2.08" and facts.compression, image
+            assert facts.banner.startswith(release + " ("), image
 
 
-@needs_images
-def test_x86_payload_is_the_elf_vmlinux():
-    image = next(p for p in IMAGES if read_image(p).format == "bzImage")
+def test_x86_payload_is_the_elf_vmlinux(images):
+    image = next(p for p in images if read_image(p).format == "bzImage")
     payload, kind = x86_payload(image.read_bytes())
     inner = decompress(payload, kind)
     assert inner[:4] == b"\x7fELF"
@@ -125,12 +128,9 @@ def test_build_dir_without_what_modules_need(tmp_path):
         get_kernel(f"local:{tmp_path}")
 
 
-@needs_images
-def test_local_debian_layout_gives_the_same_kernel():
+def test_local_debian_layout_gives_the_same_kernel(kernel):
     """local: pointed at a cached Debian image finds its config, modules and headers itself."""
-    entry = next(e for e in _cached("debian-bookworm-cloud-amd64-*"))
-    from vmprobe.kernels import Kernel
-    debian = Kernel.load(entry)
+    debian = kernel
     local = get_kernel(f"local:{debian.image_path}")
     assert local.spec == f"local:{debian.image_path}"
     assert (local.release, local.arch, local.series) == (debian.release, debian.arch, debian.series)
@@ -143,11 +143,10 @@ def test_local_debian_layout_gives_the_same_kernel():
     assert get_kernel(f"local:{debian.image_path}").root == local.root  # described once
 
 
-@needs_images
-def test_local_image_alone_has_no_modules_or_build(tmp_path):
+def test_local_image_alone_has_no_modules_or_build(tmp_path, images):
     """A bare image: the guest loads no modules, module builds are refused by name."""
     from vmprobe.modules import build
-    debian_image = next(p for p in IMAGES if read_image(p).arch == "amd64")
+    debian_image = next(p for p in images if read_image(p).arch == "amd64")
     image = tmp_path / "bzImage"
     image.write_bytes(debian_image.read_bytes())
     kernel = get_kernel(f"local:{image}")
