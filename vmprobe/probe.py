@@ -348,7 +348,7 @@ class ProbeCheck:
             r.probe["task_dump_lines"] = dump
             r.check("task dump from the post handler", dump > 0, f"{dump} tasks listed")
 
-    def _settled_count(self, pattern: str, mark: int, quiet: float = 0.1, limit: float = 2.0) -> int:
+    def _settled_count(self, pattern: str, mark: int, quiet: float = 0.05, limit: float = 2.0) -> int:
         """Count lines once the console has stopped adding them (a burst drains)."""
         deadline = time.monotonic() + limit
         count = self.m.console.count(pattern, since=mark)
