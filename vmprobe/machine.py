@@ -44,8 +44,9 @@ from .interrupts import checkpoint, deferred_signals
 from .kernels import Kernel
 from .ssh import GuestSsh, RunKeys
 
-READY = r"VMPROBE-READY {nonce}\b"
-SNAPSHOT_POINT = r"^VMPROBE-SNAPSHOT-POINT$"
+# the guest's markers, logged through /dev/kmsg (so after a printk timestamp)
+READY = r"\bVMPROBE-READY {nonce}$"
+SNAPSHOT_POINT = r"\bVMPROBE-SNAPSHOT-POINT$"
 logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)  # failures surface as QemuError
 _live: "weakref.WeakSet[Machine]" = weakref.WeakSet()
 
