@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from vmprobe import rootfs
+from vmprobe import rootfs, snapshot
 from vmprobe.errors import VmprobeError
 from vmprobe.kernels import get_kernel
 from vmprobe.machine import Machine
@@ -28,22 +28,30 @@ from vmprobe.machine import Machine
 from bench_common import arguments
 
 
-class SavevmMachine(Machine):
-    """A Machine whose saved state lives in a qcow2 (savevm/loadvm) instead of a migration file."""
+class BenchMachine(Machine):
+    """A Machine restored from this benchmark's own saved state (not the cache's), kept either
+    as a migration file or, with ``qcow2``, as a savevm snapshot in that image."""
 
-    def __init__(self, *a, qcow2: Path, loadvm: bool, **kw):
+    def __init__(self, *a, directory: Path, qcow2: Path | None = None, loadvm: bool = False, **kw):
         super().__init__(*a, **kw)
-        self._qcow2, self._loadvm = qcow2, loadvm
+        self._directory, self._qcow2, self._loadvm = directory, qcow2, loadvm
 
     def _qemu_command(self, initrd, qmp_path):
         cmd = super()._qemu_command(initrd, qmp_path)
-        if "-incoming" in cmd:
-            i = cmd.index("-incoming")
-            del cmd[i:i + 2]
-        cmd += ["-drive", f"if=none,id=state0,format=qcow2,file={self._qcow2}"]
-        if self._loadvm:
-            cmd += ["-loadvm", "warm"]
+        if self._qcow2:
+            if "-incoming" in cmd:
+                i = cmd.index("-incoming")
+                del cmd[i:i + 2]
+            cmd += ["-drive", f"if=none,id=state0,format=qcow2,file={self._qcow2}"]
+            if self._loadvm:
+                cmd += ["-loadvm", "warm"]
         return cmd
+
+    def _restore(self, keys):
+        self._image = snapshot.WarmImage(self._directory, 0.0)
+        self._incoming = self._image.state
+        self._start(self._image.initrd)
+        self._resume(keys)
 
 
 def _source_initrd(kernel, directory: Path) -> Path:
@@ -62,8 +70,8 @@ def save_migration(kernel, accel, directory: Path) -> tuple[float, int]:
 def save_savevm(kernel, accel, directory: Path) -> tuple[float, int]:
     qcow2 = directory / "state.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(qcow2), "64M"], check=True)
-    with SavevmMachine(kernel, accel=accel, _snapshot_source=_source_initrd(kernel, directory),
-                       qcow2=qcow2, loadvm=False) as m:
+    with BenchMachine(kernel, accel=accel, _snapshot_source=_source_initrd(kernel, directory),
+                      directory=directory, qcow2=qcow2) as m:
         t0 = time.monotonic()
         m.qmp.cmd("stop")
         out = m.qmp.cmd("human-monitor-command", **{"command-line": "savevm warm"})
@@ -74,16 +82,8 @@ def save_savevm(kernel, accel, directory: Path) -> tuple[float, int]:
 
 def restore(kernel, accel, directory: Path, fmt: str) -> Machine:
     """A started (not yet entered) machine restored from ``directory`` in format ``fmt``."""
-    if fmt == "migration":
-        m = Machine(kernel, accel=accel, warm=True)
-    else:
-        m = SavevmMachine(kernel, accel=accel, warm=True, qcow2=directory / "state.qcow2", loadvm=True)
-    # point the machine at this benchmark's saved state instead of the cache's
-    from vmprobe import snapshot
-    image = snapshot.WarmImage(directory, 0.0)
-    m._restore = lambda keys, m=m: (setattr(m, "_incoming", image.state), m._start(image.initrd),
-                                    m._resume(keys))
-    return m
+    qcow2 = directory / "state.qcow2" if fmt == "savevm" else None
+    return BenchMachine(kernel, accel=accel, warm=True, directory=directory, qcow2=qcow2, loadvm=True)
 
 
 def main() -> int:

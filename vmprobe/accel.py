@@ -7,6 +7,7 @@ verdict is cached per host (hostname, host kernel, QEMU version).
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -24,7 +25,9 @@ PROBE_TIMEOUT = 25.0
 CHOICES = ("auto", "kvm", "tcg")
 
 
+@functools.lru_cache(maxsize=None)
 def qemu_version(binary: str) -> str:
+    """The first line of ``binary --version`` (asked once per process: every launch needs it)."""
     try:
         out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
     except FileNotFoundError:

@@ -99,7 +99,8 @@ class Machine:
         # warm starts: restore from a saved state when the arch has a control port for the keys
         self.warm = bool(warm and self.profile.control_port)
         self._snapshot_source = _snapshot_source   # the initrd, when this machine makes a snapshot
-        self._incoming: Path | None = None         # the saved state this machine starts from
+        self._image = None                          # the snapshot (WarmImage) it was restored from
+        self._incoming: Path | None = None         # that snapshot's saved state
         self._control: socket.socket | None = None
         self._started = 0.0                        # when QEMU was started (boot timing)
         self.panic_watch = panics.PanicWatch()
@@ -150,7 +151,7 @@ class Machine:
                 from .snapshot import discard_snapshot
                 self.log(f"vmprobe: {exc.message}; making the snapshot again")
                 self._stop_qemu(timeout=1)
-                discard_snapshot(self._incoming.parent)
+                discard_snapshot(self._image.directory)
                 self._restore(keys)
         else:
             base = rootfs.build_base(self.kernel)
@@ -207,23 +208,15 @@ class Machine:
     def saved_kallsyms(self) -> Path | None:
         """The host copy of /proc/kallsyms shared by the restores of this machine's snapshot
         (read from the first one that asks), or None for a cold machine."""
-        if not self._incoming:
+        if self._image is None:
             return None
-        path = self._incoming.parent / "kallsyms"
-        if not path.exists():
-            from .cache import locked, staging
-            with locked(path):
-                if not path.exists():
-                    text = self.run("cat /proc/kallsyms", 120).stdout
-                    with staging(path, is_dir=False) as tmp:
-                        tmp.write_text(text)
-        return path
+        return self._image.kallsyms(lambda: self.run("cat /proc/kallsyms", 120).stdout)
 
     def _restore(self, keys: RunKeys) -> None:
         from .snapshot import ensure_snapshot
         t0 = time.monotonic()
         image = ensure_snapshot(self)
-        self._incoming = image.state
+        self._image, self._incoming = image, image.state
         self.timings["snapshot"] = image.made_in
         self.timings["rootfs"] = time.monotonic() - t0 - image.made_in
         checkpoint("rootfs")

@@ -24,7 +24,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from . import cache, rootfs
 from .accel import qemu_version
@@ -52,6 +52,18 @@ class WarmImage:
     @property
     def meta(self) -> dict:
         return json.loads((self.directory / "meta.json").read_text())
+
+    def kallsyms(self, read: Callable[[], str]) -> Path:
+        """The host copy of /proc/kallsyms that this state's restores share (same layout),
+        read once, by ``read``, from the first restore that asks."""
+        path = self.directory / "kallsyms"
+        if not path.exists():
+            with cache.locked(path):
+                if not path.exists():
+                    text = read()
+                    with cache.staging(path, is_dir=False) as tmp:
+                        tmp.write_text(text)
+        return path
 
 
 def snapshot_inputs(m: "Machine", base: rootfs.BaseImage) -> dict:
