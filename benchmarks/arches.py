@@ -24,7 +24,7 @@ import time
 from vmprobe import modules
 from vmprobe.arch import profile_for
 from vmprobe.kernels import get_kernel
-from vmprobe.machine import Machine
+from vmprobe.vm.machine import Machine
 
 DEFAULT_KERNELS = "debian:bookworm,debian:bookworm/686,debian:bookworm/arm64"
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from vmprobe.arch import profile_for
-from vmprobe.cpio import NewcArchive
+from vmprobe.formats.cpio import NewcArchive
 
 
 def arguments(doc: str, accel: str = "auto") -> argparse.ArgumentParser:

@@ -26,15 +26,15 @@ import subprocess
 import sys
 import time
 
-from vmprobe import modules
-from vmprobe.accel import choose_accel
-from vmprobe.arch import profile_for
-from vmprobe.kernels import get_kernel
-from vmprobe.machine import Machine
-from vmprobe.probe import ProbeOptions, run_probe_check
-from vmprobe.ssh import GuestSsh
-
 from bench_common import arguments, raw_floor
+
+from vmprobe import modules
+from vmprobe.arch import profile_for
+from vmprobe.check.probe import ProbeOptions, run_probe_check
+from vmprobe.kernels import get_kernel
+from vmprobe.vm.accel import choose_accel
+from vmprobe.vm.machine import Machine
+from vmprobe.vm.ssh import GuestSsh
 
 
 def cli(*args: str) -> float:

@@ -18,12 +18,12 @@ import statistics
 import sys
 import time
 
-from vmprobe.accel import choose_accel
+from bench_common import arguments, raw_floor
+
 from vmprobe.arch import profile_for
 from vmprobe.kernels import get_kernel
-from vmprobe.machine import Machine
-
-from bench_common import arguments, raw_floor
+from vmprobe.vm.accel import choose_accel
+from vmprobe.vm.machine import Machine
 
 
 def _drop(cmd: list[str], option: str, pattern: str) -> list[str]:

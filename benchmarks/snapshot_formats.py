@@ -20,12 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from vmprobe import rootfs, snapshot
-from vmprobe.errors import VmprobeError
-from vmprobe.kernels import get_kernel
-from vmprobe.machine import Machine
-
 from bench_common import arguments
+
+from vmprobe.errors import VmprobeError
+from vmprobe.guest import rootfs
+from vmprobe.kernels import get_kernel
+from vmprobe.vm import snapshot
+from vmprobe.vm.machine import Machine
 
 
 class BenchMachine(Machine):

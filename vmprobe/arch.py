@@ -7,8 +7,19 @@ from __future__ import annotations
 
 import platform
 from dataclasses import dataclass
+from enum import StrEnum
 
-from .errors import ConfigError
+from vmprobe.errors import ConfigError
+
+
+class Mechanism(StrEnum):
+    """How an armed probe shows in the bytes at its site (a str: JSON and CLI use the value)."""
+    INT3 = "int3"            # x86 breakpoint (a plain kprobe)
+    BRK = "brk"              # arm64 breakpoint word (brk #4)
+    OPTIMIZED = "optimized"  # x86 jump into an optprobe detour
+    FTRACE = "ftrace"        # the fentry site's call, through ftrace
+    UNARMED = "unarmed"      # the bytes did not change
+    UNKNOWN = "unknown"      # changed into something no decoder knows
 
 
 @dataclass(frozen=True)
@@ -30,7 +41,7 @@ class ArchProfile:
     image_kind: str = "bzImage"      # what QEMU's -kernel gets: bzImage, or arm64's uncompressed Image
     kbuild_arch: str = ""            # ARCH= for kbuild ("" when the headers' own ARCH is right)
     cross_compile: str = ""          # CROSS_COMPILE= prefix (binutils and CC) for module builds
-    breakpoint_mechanism: str = "int3"   # what a plain kprobe writes at its site
+    breakpoint_mechanism: Mechanism = Mechanism.INT3   # what a plain kprobe writes at its site
     has_optprobes: bool = True           # jump-optimized probes exist on this arch
     has_ftrace_probes: bool = True       # probes on the fentry site ride ftrace
     control_port: str | None = None  # guest tty of a second serial port (warm starts), if any
@@ -70,7 +81,7 @@ PROFILES = {
         host_machines=("aarch64",), pvpanic_device="pvpanic-pci", devices=("virtio-keyboard-pci",),
         image_kind="Image",
         kbuild_arch="arm64", cross_compile="aarch64-linux-gnu-",
-        breakpoint_mechanism="brk", has_optprobes=False, has_ftrace_probes=False,
+        breakpoint_mechanism=Mechanism.BRK, has_optprobes=False, has_ftrace_probes=False,
     ),
 }
 

@@ -12,12 +12,15 @@ import sys
 import time
 from pathlib import Path
 
-from . import modules, progress, repro
-from .accel import CHOICES as ACCEL_CHOICES
-from .errors import EXIT_CODES, EXIT_INTERRUPTED, VmprobeError
-from .kernels import DEFAULT_SPEC, get_kernel, list_kernels
-from .machine import Machine, install_signal_handlers
-from .probe import ProbeCheck, ProbeOptions
+from vmprobe import modules
+from vmprobe.check.probe import ProbeOptions
+from vmprobe.check.run import run_check
+from vmprobe.errors import EXIT_CODES, EXIT_INTERRUPTED, VmprobeError
+from vmprobe.host import progress
+from vmprobe.host.processes import install_signal_handlers
+from vmprobe.kernels import DEFAULT_SPEC, get_kernel, list_kernels
+from vmprobe.vm.accel import CHOICES as ACCEL_CHOICES
+from vmprobe.vm.machine import Machine
 
 
 def _log(msg: str) -> None:
@@ -89,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     kf = ksub.add_parser("fetch", help="download a kernel into the cache")
     kf.add_argument("spec", nargs="?", default=DEFAULT_SPEC)
     kf.add_argument("--refresh", action="store_true", help="refresh the archive's package lists first")
-    from .kernels.build import add_build_arguments
+    from vmprobe.kernels.build import add_build_arguments
     add_build_arguments(ksub)
 
     ex = sub.add_parser("exec", help="boot a kernel, run a command in it, exit with its status")
@@ -145,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override the report's accelerator")
     rp.add_argument("--module", type=Path, help="the module source, if it moved since the report")
 
-    from .matrix import CHECK_NAMES, KERNEL_TIMEOUT
+    from vmprobe.check.run import CHECK_NAMES
+    from vmprobe.runs.matrix import KERNEL_TIMEOUT
     mx = sub.add_parser("matrix", help="the probe checks on several kernels, in parallel",
                         description="For each kernel: one VM, the probe checks (entry: ftrace at "
                                     "the entry; int3: the next instruction with a post handler; "
@@ -206,7 +210,7 @@ def cmd_kernels(args) -> int:
             print(f"{spec:36} {row['series']:7} {row['arch']:6} {', '.join(row['cached']) or '-'}")
         return 0
     if args.kernels_command == "build":
-        from .kernels.build import cmd_build
+        from vmprobe.kernels.build import cmd_build
         return cmd_build(args, _log)
     kernel = get_kernel(args.spec, refresh=args.refresh, log=_log)
     print(f"{kernel.spec} {kernel.release} {kernel.version} {kernel.arch} -> {kernel.root}")
@@ -287,33 +291,24 @@ def cmd_probe(args) -> int:
                            builtin_template=args.module is None, sysrq=args.sysrq)
     machine = _machine(args, kernel)
     _verbose(args, machine)
-    check = None
     try:
         with machine:
-            check = ProbeCheck(machine, module, options, log=_log)
-            check.report.repro = repro.inputs(machine, module, args.module, options, args.expect_mechanism)
-            report = check.run()
-    except VmprobeError:
-        if check and args.json:
-            check.report.write_json(args.json)
-        raise
+            run = run_check(machine, module, options, source=args.module,
+                            expect_mechanism=args.expect_mechanism, build_seconds=build_time, log=_log)
     finally:
         _save_console(machine, args.console_log)
-    report.timings = {"build": build_time, **{f"vm-{k}": v for k, v in machine.timings.items()},
-                      **report.timings}
-    if args.expect_mechanism:
-        got = report.probe.get("mechanism")
-        report.check(f"mechanism is {args.expect_mechanism}", got == args.expect_mechanism, f"got {got}")
-    print(report.summary())
     if args.json:
-        report.write_json(args.json)
-    return 0 if report.verdict == "pass" else 1
+        run.report.write_json(args.json)
+    if run.error:
+        raise run.error
+    print(run.report.summary())
+    return 0 if run.report.verdict == "pass" else 1
 
 
 def cmd_matrix(args) -> int:
-    from . import matrix
-    from .kernels import parse_spec
-    from .kernels.catalog import load_catalog, matrix_specs
+    from vmprobe.kernels import parse_spec
+    from vmprobe.kernels.catalog import load_catalog, matrix_specs
+    from vmprobe.runs import matrix
 
     catalog = load_catalog()
     specs = args.kernels or matrix_specs(catalog)
@@ -335,14 +330,14 @@ def cmd_matrix(args) -> int:
 
 
 def cmd_doctor(args) -> int:
-    from . import doctor
+    from vmprobe.runs import doctor
     checks = doctor.run_checks(**({"kvm_timeout": args.kvm_timeout} if args.kvm_timeout else {}), log=_log)
     print(doctor.to_json(checks) if args.json else doctor.format_checks(checks), end="" if args.json else "\n")
     return doctor.exit_code(checks)
 
 
 def cmd_gdb(args) -> int:
-    from . import debugger
+    from vmprobe.runs import debugger
     machines: list[Machine] = []
 
     def make(kernel) -> Machine:
@@ -356,6 +351,7 @@ def cmd_gdb(args) -> int:
 
 
 def cmd_repro(args) -> int:
+    from vmprobe.runs import repro
     return repro.command(args, _log, _interactive)
 
 

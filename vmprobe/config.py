@@ -15,7 +15,7 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CATALOG_DIR = PROJECT_ROOT / "kernels"
 ROOTFS_DIR = PROJECT_ROOT / "rootfs"
-TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+TEMPLATES_DIR = Path(__file__).resolve().parent / "modules" / "templates"
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vmprobe.pytest_plugin import (arch_matches, artefact_dir_name, kernel_version, parse_constraints,
-                                   version_matches)
+from vmprobe.pytest_plugin.plugin import (
+    arch_matches,
+    artefact_dir_name,
+    kernel_version,
+    parse_constraints,
+    version_matches,
+)
 
 versions = st.tuples(st.integers(0, 12), st.integers(0, 30))
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 import json
 import time
 import xml.etree.ElementTree as ET
-from types import SimpleNamespace
 
 import pytest
 
-from vmprobe import junit, matrix
+from vmprobe.runs import junit, matrix
 
 
 @pytest.mark.vm
@@ -82,20 +81,6 @@ def test_bad_arguments_fail_before_any_vm(vmprobe_cli):
     assert res.returncode == 64 and "unknown Debian suite 'potato'" in res.stderr
     res = vmprobe_cli("matrix", "--kernels", "debian:bookworm", "--checks", "entry,kretprobe", timeout=60)
     assert res.returncode == 2 and "unknown check(s) kretprobe" in res.stderr
-
-
-def test_checks_for_x86_and_others():
-    x86 = matrix.checks_for(SimpleNamespace(arch="amd64"))
-    assert [(c.name, c.offset, c.post_handler, c.expect_mechanism) for c in x86] == [
-        ("entry", 0, True, "ftrace"), ("int3", "after-entry", True, "int3"),
-        ("optimized", "after-entry", False, "optimized")]
-    assert x86[2].options().post_handler is False and x86[1].options().offset == "after-entry"
-    arm64 = matrix.checks_for(SimpleNamespace(arch="arm64"))
-    assert [c.name for c in arm64] == list(matrix.CHECK_NAMES)
-    assert [c.expect_mechanism for c in arm64] == ["brk", "brk", "brk"]   # no ftrace or optprobes
-    i386 = matrix.checks_for(SimpleNamespace(arch="i386"))
-    assert [c.expect_mechanism for c in i386] == ["ftrace", "int3", "optimized"]
-    assert [c.expect_mechanism for c in matrix.checks_for(SimpleNamespace(arch="riscv64"))] == [None] * 3
 
 
 def _sample() -> dict:

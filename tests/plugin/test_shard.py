@@ -6,7 +6,7 @@ import collections
 
 import pytest
 
-from vmprobe.shard import parse_shard, split
+from vmprobe.pytest_plugin.shard import parse_shard, split
 
 pytest_plugins = ["pytester"]
 

@@ -5,8 +5,15 @@ import pytest
 
 from vmprobe import config
 from vmprobe.errors import ConfigError
-from vmprobe.kernels.apt import (DEFAULT_KEYRING, Mirrors, SourceEntry, mirrors, parse_deb822,
-                                 parse_one_line, pick_mirrors)
+from vmprobe.kernels.apt import (
+    DEFAULT_KEYRING,
+    Mirrors,
+    SourceEntry,
+    mirrors,
+    parse_deb822,
+    parse_one_line,
+    pick_mirrors,
+)
 
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 

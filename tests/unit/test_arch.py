@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from vmprobe.arch import PROFILES, image_problem, profile_for
-from vmprobe.elf import dynamic, machine
 from vmprobe.errors import ConfigError
-from vmprobe.guest_userland import _depends, library_closure
+from vmprobe.formats.elf import dynamic, machine
+from vmprobe.guest.userland import _depends, library_closure
 from vmprobe.kernels.apt import failed_suites
 
 

@@ -1,4 +1,4 @@
-"""vmprobe.console: tailing QEMU's console log with an expect API."""
+"""vmprobe.vm.console: tailing QEMU's console log with an expect API."""
 from __future__ import annotations
 
 import re
@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from vmprobe import console as console_mod
-from vmprobe.console import Console
 from vmprobe.errors import BootTimeout, CommandTimeout, GuestCrash, QemuError
+from vmprobe.vm import console as console_mod
+from vmprobe.vm.console import Console
 
 PANIC = "[    5.130000] Kernel panic - not syncing: Fatal exception\n"
 

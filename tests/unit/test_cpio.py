@@ -1,4 +1,4 @@
-"""vmprobe.cpio: the newc writer, checked with the system cpio tool."""
+"""vmprobe.formats.cpio: the newc writer, checked with the system cpio tool."""
 from __future__ import annotations
 
 import gzip
@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from vmprobe.cpio import NewcArchive
+from vmprobe.formats.cpio import NewcArchive
 
 pytestmark = pytest.mark.skipif(not shutil.which("cpio"), reason="cpio not installed")
 

@@ -1,4 +1,4 @@
-"""vmprobe.crash: crash reports found in console text.
+"""vmprobe.formats.crash: crash reports found in console text.
 
 The REAL_* logs were captured from bookworm's 6.1 cloud kernel under QEMU/TCG
 with vmprobe's fault modules (vmprobe/templates/faults/), "Code:" lines dropped
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from vmprobe.crash import FORMATS, find_crashes, first_fatal
+from vmprobe.formats.crash import FORMATS, find_crashes, first_fatal
 
 OOPS = """\
 [    5.101010] vmprobe-armed nonce=abc addr=ffffffff8ca941a0

@@ -1,4 +1,4 @@
-"""vmprobe.crash, property-based: any console text is safe, and a known report
+"""vmprobe.formats.crash, property-based: any console text is safe, and a known report
 keeps its title wherever it lands in noise (line endings, caller ids, glued
 records, noise between its lines)."""
 from __future__ import annotations
@@ -8,11 +8,21 @@ import re
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_crash import (
+    BUG_AT,
+    OOPS,
+    PANIC,
+    REAL_BUG_OOPS_PANIC,
+    REAL_NMI_PANIC,
+    REAL_NULLDEREF_OPTPROBE,
+    REAL_PANIC,
+    REAL_RCU_SELF_STALL,
+    REAL_RCU_STALL_OTHER_CPU_PANIC,
+    REAL_SOFT_LOCKUP_PANIC,
+    WARNING,
+)
 
-from test_crash import (BUG_AT, OOPS, PANIC, REAL_BUG_OOPS_PANIC, REAL_NMI_PANIC, REAL_NULLDEREF_OPTPROBE,
-                        REAL_PANIC, REAL_RCU_SELF_STALL, REAL_RCU_STALL_OTHER_CPU_PANIC, REAL_SOFT_LOCKUP_PANIC,
-                        WARNING)
-from vmprobe.crash import MAX_LINES, PANIC_AFTER_LINES, find_crashes, first_fatal
+from vmprobe.formats.crash import MAX_LINES, PANIC_AFTER_LINES, find_crashes, first_fatal
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 

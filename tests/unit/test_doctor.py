@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from vmprobe import doctor
+from vmprobe.runs import doctor
 
 
 class _Archive(http.server.BaseHTTPRequestHandler):

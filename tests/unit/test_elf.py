@@ -1,4 +1,4 @@
-"""vmprobe.elf: .modinfo from real gcc-made objects (64/32-bit) and compressed modules."""
+"""vmprobe.formats.elf: .modinfo from real gcc-made objects (64/32-bit) and compressed modules."""
 from __future__ import annotations
 
 import gzip
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vmprobe.elf import modinfo, read_module, section
+from vmprobe.formats.elf import modinfo, read_module, section
 
 pytestmark = pytest.mark.skipif(not shutil.which("gcc"), reason="gcc not installed")
 

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from vmprobe.debugger import SECTION, kallsyms_assembly, kallsyms_object, kernel_span, parse_kallsyms
+from vmprobe.runs.debugger import SECTION, kallsyms_assembly, kallsyms_object, kernel_span, parse_kallsyms
 
 KALLSYMS = """\
 0000000000000000 A fixed_percpu_data

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from vmprobe import interrupts
+from vmprobe.host import interrupts
 
 
 def test_sigint_during_a_deferred_block_is_raised_after_it():

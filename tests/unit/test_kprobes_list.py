@@ -1,8 +1,7 @@
-"""vmprobe.kprobes_list: the debugfs list and the 2.6-era SysRq listing."""
+"""vmprobe.formats.kprobes_list: the debugfs list and the 2.6-era SysRq listing."""
 from __future__ import annotations
 
-
-from vmprobe.kprobes_list import ProbeRecord, parse_debugfs_list, parse_sysrq_listing
+from vmprobe.formats.kprobes_list import ProbeRecord, parse_debugfs_list, parse_sysrq_listing
 
 DEBUGFS = """\
 ffffffff8ca941a0  k  kernel_clone+0x0    [FTRACE]

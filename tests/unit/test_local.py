@@ -9,11 +9,18 @@ import pytest
 
 from vmprobe.config import cache_dir
 from vmprobe.errors import SpecError
+from vmprobe.guest.rootfs import required_modules
 from vmprobe.kernels import get_kernel, parse_spec
-from vmprobe.kernels.local import (LocalSpec, check_build_dir, image_config, read_image,
-                                   vermagic_from_image, x86_payload, decompress)
+from vmprobe.kernels.local import (
+    LocalSpec,
+    check_build_dir,
+    decompress,
+    image_config,
+    read_image,
+    vermagic_from_image,
+    x86_payload,
+)
 from vmprobe.modules import kernel_vermagic
-from vmprobe.rootfs import required_modules
 
 
 def _cached(pattern: str) -> list[Path]:

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from vmprobe.errors import ConfigError, ModuleBuildError
-from vmprobe.modules import _DIAG, Module, _summarise, _user_paths, build, check_vermagic, kernel_vermagic
+from vmprobe.modules.kbuild import _DIAG, Module, _summarise, _user_paths, build, check_vermagic, kernel_vermagic
 
 needs_gcc = pytest.mark.skipif(not shutil.which("gcc"), reason="gcc not installed")
 

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 from rich.console import Console
 
-from vmprobe import progress
+from vmprobe.host import progress
 
 
 @pytest.fixture

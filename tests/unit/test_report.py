@@ -1,11 +1,11 @@
-"""vmprobe.report: verdict logic and the JSON shape."""
+"""vmprobe.check.report: verdict logic and the JSON shape."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from vmprobe.report import ProbeReport
+from vmprobe.check.report import ProbeReport
 
 
 def test_empty_report_passes():

@@ -5,7 +5,7 @@ import pytest
 
 from vmprobe import modules
 from vmprobe.errors import ConfigError
-from vmprobe.repro import BUILTIN, Case, Outcome, _module_source, _options, load_cases, source_digest
+from vmprobe.runs.repro import BUILTIN, Case, Outcome, _module_source, _options, load_cases, source_digest
 
 REPRO = {"format": 1, "kernel": {"spec": "debian:bookworm/cloud-amd64@6.1.0-56", "version": "6.1.192-2"},
          "module": {"source": BUILTIN, "sha256": source_digest(modules.FORK_PROBE)},

@@ -1,4 +1,4 @@
-"""vmprobe.rootfs: the per-run layer, module dependency order, ldd closures."""
+"""vmprobe.guest.rootfs: the per-run layer, module dependency order, ldd closures."""
 from __future__ import annotations
 
 import gzip
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from vmprobe.elf import modinfo
 from vmprobe.errors import ConfigError
-from vmprobe.rootfs import ldd_closure, required_modules, run_layer
+from vmprobe.formats.elf import modinfo
+from vmprobe.guest.rootfs import ldd_closure, required_modules, run_layer
 
 needs_gcc = pytest.mark.skipif(not shutil.which("gcc"), reason="gcc not installed")
 

@@ -1,11 +1,11 @@
-"""vmprobe.sites: decoding the bytes at a probe site."""
+"""vmprobe.check.sites: decoding the bytes at a probe site."""
 from __future__ import annotations
 
 import struct
 
 import pytest
 
-from vmprobe.sites import SITE_WINDOW, Site, agrees_with_flags, classify
+from vmprobe.check.sites import SITE_WINDOW, Site, agrees_with_flags, classify
 
 NOP5 = bytes.fromhex("0f1f440000")
 # push rbp; mov rbp,rsp; push r15; push r14 ... : an ordinary function entry
@@ -135,7 +135,7 @@ def test_agrees_with_flags(mechanism, flags, agrees):
     ("4157415641554154", 0),                  # notrace function: no entry sequence
 ])
 def test_entry_offset_x86(start, expected):
-    from vmprobe.sites import entry_offset
+    from vmprobe.check.sites import entry_offset
     assert entry_offset("x86_64", bytes.fromhex(start)) == expected
 
 
@@ -149,12 +149,12 @@ def test_entry_offset_x86(start, expected):
     ("1f2003d5" "fd7bbaa9", 0),                             # one NOP is not a patch site
 ])
 def test_entry_offset_arm64(start, offset):
-    from vmprobe.sites import entry_offset
+    from vmprobe.check.sites import entry_offset
     assert entry_offset("aarch64", bytes.fromhex(start)) == offset
 
 
 def test_ftrace_over_k8_nop():
-    from vmprobe.sites import classify
+    from vmprobe.check.sites import classify
     site = classify("x86_64", 0xffffffff81000000, bytes.fromhex("6666666690") + b"\x41" * 4,
                     bytes.fromhex("e800100000") + b"\x41" * 4)
     assert site.mechanism == "ftrace" and site.target == 0xffffffff81001005

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from vmprobe.machine import runtime_dir
-from vmprobe.pytest_plugin import _state, leftovers
+from vmprobe.host.processes import runtime_dir
+from vmprobe.pytest_plugin.plugin import _state, leftovers
 
 
 def _children(pid: int) -> dict[str, str]:

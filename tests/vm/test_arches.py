@@ -17,11 +17,11 @@ import pytest
 
 from vmprobe import modules
 from vmprobe.arch import profile_for
-from vmprobe.elf import machine as elf_machine
-from vmprobe.elf import read_module
+from vmprobe.check.probe import AFTER_ENTRY, ProbeOptions, run_probe_check
+from vmprobe.formats.elf import machine as elf_machine
+from vmprobe.formats.elf import read_module
 from vmprobe.kernels import get_kernel
-from vmprobe.machine import Machine
-from vmprobe.probe import AFTER_ENTRY, ProbeOptions, run_probe_check
+from vmprobe.vm.machine import Machine
 
 ARCHES = [
     # spec, uname -m, [(offset, post handler, mechanism, first armed bytes)], register names

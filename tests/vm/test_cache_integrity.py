@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from cachecopy import copy_cache, private
-from vmprobe.cache import sha256_file
+
+from vmprobe.host.cache import sha256_file
 from vmprobe.kernels import Kernel
 from vmprobe.kernels.kernel import check_manifest
 

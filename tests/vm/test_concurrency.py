@@ -19,8 +19,8 @@ import sys
 import time
 
 import pytest
-
 from cachecopy import copy_cache
+
 from vmprobe.config import cache_dir
 
 RUNS = 4

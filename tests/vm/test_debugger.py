@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from terminal import terminal  # tests/vm/terminal.py
 
-from vmprobe import debugger
-from vmprobe.elf import read_module, section
-from vmprobe.kprobes_list import parse_debugfs_list
+from vmprobe.formats.elf import read_module, section
+from vmprobe.formats.kprobes_list import parse_debugfs_list
+from vmprobe.runs import debugger
 
 
 def _gdb_processes(needle: str) -> list[int]:

@@ -11,10 +11,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from vmprobe.accel import choose_accel
 from vmprobe.arch import PROFILES
 from vmprobe.kernels import get_kernel
-from vmprobe.pytest_plugin import _qemu_processes
+from vmprobe.pytest_plugin.plugin import _qemu_processes
+from vmprobe.vm.accel import choose_accel
 
 CHECKS = {"qemu-system-x86_64", "gdb", "gdb-multiarch", "kvm", "disk", "archive", "make", "gcc-12",
           "busybox", "dropbear", "sftp-server"}

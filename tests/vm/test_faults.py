@@ -23,12 +23,12 @@ import time
 import pytest
 
 from vmprobe import modules
+from vmprobe.check.probe import ProbeCheck, ProbeOptions
 from vmprobe.config import TEMPLATES_DIR
-from vmprobe.crash import find_crashes, first_fatal
 from vmprobe.errors import CommandTimeout, GuestCrash, QemuError, VmprobeError
-from vmprobe.machine import Machine
-from vmprobe.panics import PANIC_NOTE
-from vmprobe.probe import ProbeCheck, ProbeOptions
+from vmprobe.formats.crash import find_crashes, first_fatal
+from vmprobe.vm.machine import Machine
+from vmprobe.vm.panics import PANIC_NOTE
 
 FAULTS = TEMPLATES_DIR / "faults"
 pytestmark = pytest.mark.usefixtures("leaves_nothing_behind")

@@ -22,12 +22,12 @@ import time
 from pathlib import Path
 
 import pytest
+from cachecopy import copy_apt_state, copy_cache
 
 from vmprobe import modules
-from cachecopy import copy_apt_state, copy_cache
 from vmprobe.errors import EXIT_CODES, EXIT_INTERRUPTED
-from vmprobe.machine import runtime_dir
-from vmprobe.pytest_plugin import leftovers
+from vmprobe.host.processes import runtime_dir
+from vmprobe.pytest_plugin.plugin import leftovers
 
 pytestmark = pytest.mark.usefixtures("leaves_nothing_behind")
 REACH_TIMEOUT = 300   # to get to the phase (a cold module build, a TCG boot on a busy host)

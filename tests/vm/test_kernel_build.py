@@ -11,10 +11,10 @@ import time
 import pytest
 
 from vmprobe import modules
+from vmprobe.check.probe import ProbeOptions, run_probe_check
+from vmprobe.formats.kprobes_list import parse_debugfs_list, parse_sysrq_listing
 from vmprobe.kernels.build import DEFAULT_FRAGMENT, PATCHES_DIR, build_kernel
-from vmprobe.kprobes_list import parse_debugfs_list, parse_sysrq_listing
-from vmprobe.machine import Machine
-from vmprobe.probe import ProbeOptions, run_probe_check
+from vmprobe.vm.machine import Machine
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(4 * 3600)]
 

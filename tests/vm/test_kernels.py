@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 
 from vmprobe import modules
+from vmprobe.check.probe import AFTER_ENTRY, ProbeOptions, run_probe_check
 from vmprobe.kernels import get_kernel
-from vmprobe.machine import Machine
-from vmprobe.probe import AFTER_ENTRY, ProbeOptions, run_probe_check
+from vmprobe.vm.machine import Machine
 
 KERNELS = [
     pytest.param("debian:bullseye", 0, id="bullseye"),

@@ -1,12 +1,11 @@
 """A ``local:`` kernel boots and runs the probe check like its Debian original."""
 from __future__ import annotations
 
-
 from vmprobe import modules
+from vmprobe.check.probe import ProbeOptions, run_probe_check
 from vmprobe.config import cache_dir
 from vmprobe.kernels import Kernel, get_kernel
-from vmprobe.machine import Machine
-from vmprobe.probe import ProbeOptions, run_probe_check
+from vmprobe.vm.machine import Machine
 
 
 def _debian_bookworm() -> Kernel:

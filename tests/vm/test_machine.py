@@ -11,9 +11,8 @@ import pytest
 
 from vmprobe.errors import BootTimeout, CommandTimeout, GuestCrash, QemuError, SpecError, SshError
 from vmprobe.kernels import parse_spec
-from vmprobe.machine import Machine
-from vmprobe.ssh import GuestSsh, RunKeys
-
+from vmprobe.vm.machine import Machine
+from vmprobe.vm.ssh import GuestSsh, RunKeys
 
 
 def test_guest_runs_commands_over_ssh(vm, kernel):

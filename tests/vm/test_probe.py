@@ -6,8 +6,8 @@ import json
 import pytest
 
 from vmprobe import modules
+from vmprobe.check.probe import ProbeOptions, run_probe_check
 from vmprobe.errors import ModuleBuildError, ModuleLoadError
-from vmprobe.probe import ProbeOptions, run_probe_check
 
 
 @pytest.mark.parametrize("offset, post, mechanism, first_byte, flag", [

@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from vmprobe.cache import sha256_file
 from vmprobe.errors import GuestCrash, SshError
-from vmprobe.gdb import Gdb
-from vmprobe.machine import Machine
-from vmprobe.ssh import GuestSsh
+from vmprobe.host.cache import sha256_file
+from vmprobe.vm.gdb import Gdb
+from vmprobe.vm.machine import Machine
+from vmprobe.vm.ssh import GuestSsh
 
 
 def _facts(m: Machine) -> dict:

@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import cache, progress
-from ..config import settings
-from ..errors import ConfigError, FetchError
+from vmprobe.config import settings
+from vmprobe.errors import ConfigError, FetchError
+from vmprobe.host import cache, progress
 
 DEFAULT_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 APT_TIMEOUT = 600
@@ -285,7 +285,7 @@ class PrivateApt:
                     fields[k] = v.strip()
             if fields.get("Package"):
                 stanzas.append(fields)
-        from .debversion import sort_key
+        from vmprobe.kernels.debversion import sort_key
         return sorted(stanzas, key=lambda f: sort_key(f["Version"]), reverse=True)
 
     def download(self, packages: list[str], dest: Path, size: int | None = None) -> None:

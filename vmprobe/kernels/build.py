@@ -28,10 +28,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import cache
-from ..config import PROJECT_ROOT, cache_dir
-from ..errors import ConfigError, FetchError, KernelBuildError, SpecError
-from .kernel import Kernel
+from vmprobe.config import PROJECT_ROOT, cache_dir
+from vmprobe.errors import ConfigError, FetchError, KernelBuildError, SpecError
+from vmprobe.host import cache
+from vmprobe.kernels.built import built_entry, load_built
+from vmprobe.kernels.kernel import Kernel
 
 RECIPE = "kbuild-v1"
 DEFAULT_FRAGMENT = PROJECT_ROOT / "kernels" / "config" / "vmprobe.config"
@@ -59,8 +60,8 @@ class Source:
 
 def debian_source(series: str, log) -> Source:
     """``debian-source:<series>``: linux-source-<series> from the suite that ships it."""
-    from .catalog import load_catalog
-    from .debian import DebianProvider, verified_deb
+    from vmprobe.kernels.catalog import load_catalog
+    from vmprobe.kernels.debian import DebianProvider, verified_deb
 
     catalog = load_catalog()
     suites = [s for s in catalog.suites.values() if s.series == series]
@@ -74,7 +75,7 @@ def debian_source(series: str, log) -> Source:
     arch = next(iter(suite.flavours.values())).arch
     provider = DebianProvider(catalog)
     apt = provider.apt(suite, arch)
-    from ..config import settings
+    from vmprobe.config import settings
     apt.update(settings().apt_refresh_hours)
     package = f"linux-source-{series}"
     stanza = provider._newest(apt, package)
@@ -158,10 +159,6 @@ def build_key(source: Source, patches: list[Path], fragments: list[Path], arch: 
                         *[b"fragment:" + f.read_bytes() for f in fragments])
 
 
-def built_entry(key: str) -> Path:
-    return cache_dir("kernels") / f"built-{key}"
-
-
 def build_kernel(source_text: str, patches: list[Path] = (), fragments: list[Path] = (), *,
                  arch: str = "amd64", jobs: int | None = None, log=None) -> Kernel:
     """Build (or find in the cache) a kernel; returns its record."""
@@ -198,28 +195,6 @@ def build_kernel(source_text: str, patches: list[Path] = (), fragments: list[Pat
         with cache.staging(entry) as tmp:
             _build(tmp, key, source, patches, fragments, arch, jobs or os.cpu_count() or 1, log)
     return load_built(entry)
-
-
-def built_kernels() -> list[Kernel]:
-    """Every complete built kernel in the cache (no verification: cheap, for listings)."""
-    found = []
-    for entry in sorted(cache_dir("kernels").glob("built-*")):
-        if (entry / "kernel.json").is_file():
-            try:
-                found.append(Kernel.load(entry, verify=False))
-            except FetchError:
-                continue
-    return found
-
-
-def load_built(entry: Path) -> Kernel:
-    """A built kernel's record (entries from before records named their vmlinux get it added)."""
-    kernel = Kernel.load(entry)
-    if not kernel.vmlinux and (entry / "linux" / "vmlinux").is_file():
-        with cache.locked(entry):
-            kernel.vmlinux = "linux/vmlinux"
-            kernel.save()
-    return kernel
 
 
 def _build(tmp: Path, key: str, source: Source, patches: list[Path], fragments: list[Path],
@@ -355,7 +330,7 @@ def run_make(cmd: list[str], cwd: Path, env: dict, what: str, log, interval: flo
     tail: list[str] = []
     count = 0
     last = ""
-    from ..machine import die_with_parent  # make (and so its jobs) stops if vmprobe is killed
+    from vmprobe.host.processes import die_with_parent  # make (and so its jobs) stops if vmprobe is killed
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, text=True, errors="replace", start_new_session=True,
                             preexec_fn=die_with_parent)

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from ..config import CATALOG_DIR
-from ..errors import ConfigError
+from vmprobe.config import CATALOG_DIR
+from vmprobe.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -8,15 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .. import cache, progress
-from ..config import cache_dir, settings
-from ..errors import FetchError
-from ..interrupts import checkpoint
-from .apt import PrivateApt, host_debian_arch, mirrors
-from .catalog import Catalog, Suite
-from .debversion import sort_key
-from .kernel import Kernel
-from .spec import KernelSpec
+from vmprobe.config import cache_dir, settings
+from vmprobe.errors import FetchError
+from vmprobe.host import cache, progress
+from vmprobe.host.interrupts import checkpoint
+from vmprobe.kernels.apt import PrivateApt, host_debian_arch, mirrors
+from vmprobe.kernels.catalog import Catalog, Suite
+from vmprobe.kernels.debversion import sort_key
+from vmprobe.kernels.kernel import Kernel
+from vmprobe.kernels.spec import KernelSpec
 
 
 class DebianProvider:

@@ -9,10 +9,12 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from ..cache import sha256_file
-from ..errors import FetchError
+from vmprobe.errors import FetchError
+from vmprobe.host.cache import sha256_file
 
 RECORD = "kernel.json"
+#: In a kernel's modules dir: it ships no modules, treat every module the guest wants as built in.
+ALL_BUILTIN = ".vmprobe-all-builtin"
 
 
 @dataclass

@@ -35,10 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl
 
-from .. import cache
-from ..config import cache_dir
-from ..errors import FetchError, SpecError
-from .kernel import RECORD, Kernel
+from vmprobe.config import cache_dir
+from vmprobe.errors import FetchError, SpecError
+from vmprobe.host import cache
+from vmprobe.kernels.kernel import ALL_BUILTIN, RECORD, Kernel
 
 OPTIONS = ("build", "vmlinux", "config", "modules", "arch")
 ARCHES = ("amd64", "i386", "arm64")
@@ -70,7 +70,7 @@ def parse_local_spec(text: str) -> LocalSpec:
     """Parse and check a ``local:`` or ``built:`` spec (the files must exist)."""
     text = text.strip()
     if text.startswith("built:"):
-        from .build import built_entry
+        from vmprobe.kernels.built import built_entry
         key = text.split(":", 1)[1]
         if not re.fullmatch(r"[0-9a-f]{8,40}", key):
             raise SpecError(f"malformed spec {text!r}: expected built:<key> as `vmprobe kernels build` prints it")
@@ -322,7 +322,7 @@ def get_local_kernel(spec: LocalSpec | str, log=None) -> Kernel:
         spec = parse_local_spec(spec)
     if (spec.path / RECORD).is_file():
         if spec.provider == "built":
-            from .build import load_built
+            from vmprobe.kernels.built import load_built
             return load_built(spec.path)
         return Kernel.load(spec.path)
     opts = spec.options
@@ -382,7 +382,6 @@ def _describe(tmp: Path, spec: LocalSpec, image: Path, build: Path | None) -> No
     if modules is None:
         modules = tmp / "modules"  # none known: the guest gets no modules to load
         modules.mkdir()
-        from ..rootfs import ALL_BUILTIN
         (modules / ALL_BUILTIN).write_text("vmprobe: no modules dir given; assuming the drivers "
                                           "the guest needs are built in\n")
     build_dir = build if build else tmp / "no-build-dir"

@@ -4,8 +4,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..errors import SpecError
-from .catalog import Catalog, load_catalog
+from vmprobe.errors import SpecError
+from vmprobe.kernels.catalog import Catalog, load_catalog
 
 DEFAULT_SPEC = "debian:bookworm"
 
@@ -32,7 +32,7 @@ def parse_spec(text: str, catalog: Catalog | None = None):
     """
     text = text.strip()
     if text.startswith(("local:", "built:")):
-        from .local import parse_local_spec
+        from vmprobe.kernels.local import parse_local_spec
         return parse_local_spec(text)
     catalog = catalog or load_catalog()
     if not text.startswith("debian:"):

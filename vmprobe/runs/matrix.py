@@ -2,7 +2,7 @@
 
 For each kernel, in a worker process of its own (at most ``--jobs`` at a time):
 fetch it, build the fork probe for it, boot one VM and run the checks in it
-(:func:`checks_for` says which and with what offsets). The parent prints
+(:func:`vmprobe.check.run.named_checks` says which and with what offsets). The parent prints
 progress as it happens, then a table kernel × check, and writes the reports as
 JSON and the results as JUnit XML.
 
@@ -22,60 +22,15 @@ import signal
 import sys
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import junit
-from .errors import VmprobeError
-from .probe import AFTER_ENTRY, ProbeOptions
+from vmprobe.check.run import CHECK_NAMES, named_checks, run_check
+from vmprobe.errors import VmprobeError
+from vmprobe.runs import junit
 
-CHECK_NAMES = ("entry", "int3", "optimized")
-X86 = ("amd64", "i386")
 KERNEL_TIMEOUT = 1800.0    # a whole kernel: cold fetch, module build, boot, the checks
 CONSOLE_TAIL = 80          # console lines kept per check (JSON, JUnit system-out)
-
-
-@dataclass(frozen=True)
-class MatrixCheck:
-    name: str
-    offset: int | str  # bytes, or "after-entry"
-    post_handler: bool
-    expect_mechanism: str | None   # None: any mechanism is fine (the arch has no such expectation)
-    about: str
-
-    def options(self) -> ProbeOptions:
-        return ProbeOptions(offset=self.offset, post_handler=self.post_handler)
-
-
-def checks_for(kernel) -> list[MatrixCheck]:
-    """The probe checks to run on ``kernel`` (a :class:`~vmprobe.kernels.Kernel`), in order.
-
-    On x86 the fork function starts with a 5-byte ``call __fentry__`` (after an
-    ``endbr64`` on IBT kernels, 6.12+): a probe at +0 rides ftrace (IBT kernels
-    arm it at +4), one on the first instruction after the entry is an int3 with
-    a post handler and an optimized jump without one. That instruction's offset
-    is read from the function's bytes in the guest (``after-entry``).
-    arm64 has neither ftrace-based nor optimized kprobes: all three checks
-    expect the ``brk`` word there (the entry probe on the patch site's first
-    slot, the others past it), which is what proves there is no jump.
-    """
-    from .arch import PROFILES
-    profile = PROFILES.get(kernel.arch)
-    if profile is None:
-        expect = {"entry": None, "int3": None, "optimized": None}
-    else:
-        plain = profile.breakpoint_mechanism
-        expect = {"entry": "ftrace" if profile.has_ftrace_probes else plain, "int3": plain,
-                  "optimized": "optimized" if profile.has_optprobes else plain}
-    return [
-        MatrixCheck("entry", 0, True, expect["entry"],
-                    "probe on the function entry (the fentry site)"),
-        MatrixCheck("int3", AFTER_ENTRY, True, expect["int3"],
-                    "first instruction after the entry, with a post handler"),
-        MatrixCheck("optimized", AFTER_ENTRY, False, expect["optimized"],
-                    "first instruction after the entry, without a post handler"),
-    ]
 
 
 # --------------------------------------------------------------------------
@@ -89,10 +44,9 @@ def run_kernel(spec: str, check_names: list[str], machine_kw: dict,
                emit: Callable[..., None] = lambda kind, **kw: None) -> dict:
     """Fetch, build, boot and run the checks on one kernel; never raises for vmprobe's own
     failures (they are recorded in the result). Usable in-process too."""
-    from . import modules
-    from .kernels import get_kernel
-    from .machine import Machine
-    from .probe import ProbeCheck
+    from vmprobe import modules
+    from vmprobe.kernels import get_kernel
+    from vmprobe.vm.machine import Machine
 
     result: dict = {"spec": spec, "kernel": None, "error": None, "timings": {}, "checks": [],
                     "console_tail": ""}
@@ -105,7 +59,7 @@ def run_kernel(spec: str, check_names: list[str], machine_kw: dict,
         result["kernel"] = {"spec": kernel.spec, "release": kernel.release, "version": kernel.version,
                             "arch": kernel.arch}
         emit("kernel", release=kernel.release)
-        checks = [c for c in checks_for(kernel) if c.name in check_names]
+        checks = [c for c in named_checks(kernel) if c.name in check_names]
         t = time.monotonic()
         module = modules.build(modules.FORK_PROBE, kernel, log=log)[0]
         result["timings"]["build"] = time.monotonic() - t
@@ -122,7 +76,7 @@ def run_kernel(spec: str, check_names: list[str], machine_kw: dict,
                 boots += 1
                 result["timings"]["boot" if boots == 1 else f"boot{boots}"] = time.monotonic() - t
                 emit("booted", seconds=time.monotonic() - t, accel=machine.accel)
-            entry = _run_check(machine, module, check, ProbeCheck)
+            entry = _run_check(machine, module, check)
             result["checks"].append(entry)
             emit("check", check=entry["name"], verdict=entry["verdict"], mechanism=entry["mechanism"],
                  hits=entry["hits"], seconds=entry["time"], error=entry["error"])
@@ -138,32 +92,22 @@ def run_kernel(spec: str, check_names: list[str], machine_kw: dict,
     return result
 
 
-def _run_check(machine, module, check: MatrixCheck, probe_check_cls) -> dict:
+def _run_check(machine, module, check, log=None) -> dict:
     mark = machine.console.mark()
-    t = time.monotonic()
-    pc = probe_check_cls(machine, module, check.options())
-    from .repro import inputs
-    pc.report.repro = inputs(machine, module, None, check.options(), check.expect_mechanism)
-    error = None
-    try:
-        report = pc.run()
-    except VmprobeError as exc:
-        report, error = pc.report, exc.render()
-    elapsed = time.monotonic() - t
-    got = report.probe.get("mechanism")
-    if check.expect_mechanism and error is None:
-        report.check(f"mechanism is {check.expect_mechanism}", got == check.expect_mechanism, f"got {got}")
-    verdict = "error" if error else report.verdict
+    run = run_check(machine, module, check.options(), expect_mechanism=check.expect_mechanism, log=log)
+    report = run.report
+    error = run.error.render() if run.error else None
     return {"name": check.name, "about": check.about, "offset": report.probe.get("offset", check.offset),
             "post_handler": check.post_handler, "expected_mechanism": check.expect_mechanism,
-            "verdict": verdict, "mechanism": got, "hits": report.hits, "time": round(elapsed, 3),
-            "error": error, "summary": report.summary(), "report": report.to_dict(),
-            "console_tail": _tail(machine.console.since(mark)), "repro": report.repro}
+            "verdict": run.verdict, "mechanism": report.probe.get("mechanism"), "hits": report.hits,
+            "time": round(run.seconds, 3), "error": error, "summary": report.summary(),
+            "report": report.to_dict(), "console_tail": _tail(machine.console.since(mark)),
+            "repro": report.repro}
 
 
 def _worker(spec: str, check_names: list[str], machine_kw: dict, events) -> None:
     """Entry point of a worker process."""
-    from .machine import die_with_parent, install_signal_handlers
+    from vmprobe.host.processes import die_with_parent, install_signal_handlers
     install_signal_handlers()          # SIGTERM → SystemExit → the VM is stopped and removed
     die_with_parent(signal.SIGTERM)
     if os.getppid() == 1:              # the parent died before prctl

@@ -14,14 +14,14 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import cache, progress
-from .arch import profile_for
-from .config import TEMPLATES_DIR, cache_dir
-from .elf import modinfo, read_module
-from .errors import ConfigError, ModuleBuildError
-from .interrupts import checkpoint
-from .kernels import Kernel
-from .toolchain import build_env
+from vmprobe.arch import profile_for
+from vmprobe.config import TEMPLATES_DIR, cache_dir
+from vmprobe.errors import ConfigError, ModuleBuildError
+from vmprobe.formats.elf import modinfo, read_module
+from vmprobe.host import cache, progress
+from vmprobe.host.interrupts import checkpoint
+from vmprobe.kernels import Kernel
+from vmprobe.modules.toolchain import build_env
 
 FORK_PROBE = TEMPLATES_DIR / "vmprobe_fork.c"
 BUILD_TIMEOUT = 600
@@ -51,7 +51,7 @@ def kernel_vermagic(kernel: Kernel) -> str:
         magic = Module.from_ko(ko).vermagic
         if magic:
             return magic
-    from .kernels.local import image_vermagic  # everything built in: read the kernel itself
+    from vmprobe.kernels.local import image_vermagic  # everything built in: read the kernel itself
     magic = image_vermagic(kernel)
     if magic:
         return magic
@@ -67,7 +67,7 @@ def check_vermagic(module: Module, kernel: Kernel) -> None:
             f"but {kernel.release} ({kernel.spec}) needs {expected!r}")
 
 
-def _sources(source: Path) -> tuple[Path, list[Path]]:
+def source_files(source: Path) -> tuple[Path, list[Path]]:
     """(directory, files) of a module source: a single .c or a dir with Kbuild/Makefile."""
     if source.is_file():
         return source.parent, [source]
@@ -87,7 +87,7 @@ def build(source: Path, kernel: Kernel, log=None) -> list[Module]:
         module = Module.from_ko(source)
         check_vermagic(module, kernel)
         return [module]
-    base, files = _sources(source)
+    base, files = source_files(source)
     cc = kbuild_cc(kernel)
     if kernel.toolchain == "host" and not shutil.which(cc):
         raise ConfigError(f"{cc} not found: modules for {kernel.release} ({kernel.arch}) are built with it "

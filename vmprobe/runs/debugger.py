@@ -27,10 +27,11 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .elf import section_names
-from .errors import ConfigError, GdbError, ModuleLoadError
-from .machine import Machine, die_with_parent
-from .modules import Module
+from vmprobe.errors import ConfigError, GdbError, ModuleLoadError
+from vmprobe.formats.elf import section_names
+from vmprobe.host.processes import die_with_parent
+from vmprobe.modules import Module
+from vmprobe.vm.machine import Machine
 
 SECTION = ".kallsyms"
 #: kallsyms types of code; everything else is data
@@ -142,7 +143,7 @@ def module_sections(machine: Machine, name: str) -> dict[str, int]:
 
 def module_symbol_command(ko: Path, sections: dict[str, int]) -> str:
     """``add-symbol-file`` for a module at its load addresses (sections the .ko has)."""
-    from .elf import read_module
+    from vmprobe.formats.elf import read_module
     present = set(section_names(read_module(ko)))
     args = [f"add-symbol-file {ko} {sections['.text']:#x}"]
     args += [f"-s {name} {addr:#x}" for name, addr in sorted(sections.items())
@@ -303,12 +304,12 @@ def dbg_packages(kernel) -> list[str]:
 def fetch_vmlinux_dbg(kernel, log=None) -> Path:
     """The kernel's vmlinux with DWARF, from its ``-dbg`` package (260–800 MB download),
     cached as ``dbg/<release>-<version>/vmlinux``; only that one file is extracted."""
-    from . import cache
-    from .config import cache_dir
-    from .errors import FetchError
-    from .kernels import parse_spec
-    from .kernels.catalog import load_catalog
-    from .kernels.debian import DebianProvider
+    from vmprobe.config import cache_dir
+    from vmprobe.errors import FetchError
+    from vmprobe.host import cache
+    from vmprobe.kernels import parse_spec
+    from vmprobe.kernels.catalog import load_catalog
+    from vmprobe.kernels.debian import DebianProvider
 
     log = log or (lambda msg: None)
     target = cache_dir("dbg") / f"{kernel.release}-{kernel.version}"
@@ -362,8 +363,8 @@ def load_module(machine: Machine, module: Module, params: str = "") -> None:
 
 def command(args, make_machine, log) -> int:
     """``vmprobe gdb``: boot, load the module, attach gdb with symbols, stop the VM after."""
-    from . import modules
-    from .kernels import get_kernel
+    from vmprobe import modules
+    from vmprobe.kernels import get_kernel
 
     kernel = get_kernel(args.kernel, log=log)
     module = modules.build(args.module, kernel, log=log)[0] if args.module else None

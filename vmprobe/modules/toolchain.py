@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from . import cache, progress
-from .config import cache_dir
-from .errors import ConfigError, FetchError, ModuleBuildError
-from .kernels import Kernel
-from .kernels.apt import DEFAULT_KEYRING, mirrors
+from vmprobe.config import cache_dir
+from vmprobe.errors import ConfigError, FetchError, ModuleBuildError
+from vmprobe.host import cache, progress
+from vmprobe.kernels import Kernel
+from vmprobe.kernels.apt import DEFAULT_KEYRING, mirrors
 
 DEBOOTSTRAP_TIMEOUT = 1200
 CHROOT_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"

@@ -17,7 +17,7 @@ from typing import Iterator
 
 from filelock import FileLock, Timeout
 
-from .errors import VmprobeError
+from vmprobe.errors import VmprobeError
 
 LOCK_TIMEOUT = 1800  # a cold kernel fetch or toolchain build, with margin
 

@@ -10,7 +10,7 @@ Loaded through the ``pytest11`` entry point ``vmprobe``. It gives a test suite
   ``<rootdir>/results``);
 * fixtures ``kernel`` (every test that uses it, directly or through ``vm``,
   runs once per spec; test ids carry the spec), ``vm`` (a booted
-  :class:`~vmprobe.machine.Machine`, one per kernel per session and, under
+  :class:`~vmprobe.vm.machine.Machine`, one per kernel per session and, under
   pytest-xdist, per worker; replaced when a test crashed it or left a module,
   a kprobe or a taint behind), ``kprobe_module``
   (``kprobe_module(path_or_source_text) -> Module`` built against the current
@@ -50,10 +50,10 @@ from typing import TYPE_CHECKING, Any, Callable
 import pytest
 
 if TYPE_CHECKING:  # the heavy imports (paramiko, qemu.qmp) wait until a test needs a VM
-    from .kernels import Kernel
-    from .machine import Machine
-    from .modules import Module
-    from .report import ProbeReport
+    from vmprobe.check.report import ProbeReport
+    from vmprobe.kernels import Kernel
+    from vmprobe.modules import Module
+    from vmprobe.vm.machine import Machine
 
 DEFAULT_KERNELS = ("debian:bookworm",)
 SECTION = "vmprobe"                 # report sections are "Captured stdout vmprobe <what>"
@@ -235,8 +235,8 @@ class VmprobeSession:
     def validate_specs(self) -> None:
         if self._validated:
             return
-        from .errors import VmprobeError
-        from .kernels import parse_spec
+        from vmprobe.errors import VmprobeError
+        from vmprobe.kernels import parse_spec
         for spec in self.specs:
             try:
                 parse_spec(spec)
@@ -246,8 +246,8 @@ class VmprobeSession:
 
     def catalog_facts(self, spec: str) -> tuple[str, str]:
         """(series, Debian arch) of a spec from the catalog, without fetching it."""
-        from .kernels import parse_spec
-        from .kernels.catalog import load_catalog
+        from vmprobe.kernels import parse_spec
+        from vmprobe.kernels.catalog import load_catalog
         catalog = load_catalog()
         parsed = parse_spec(spec, catalog)
         if parsed.provider != "debian":  # local:/built: — described from the image itself
@@ -260,7 +260,7 @@ class VmprobeSession:
         """The fetched kernel for a spec: once per session (the cache's locks guard other processes)."""
         got = self.kernels.get(spec)
         if got is None:
-            from .kernels import get_kernel
+            from vmprobe.kernels import get_kernel
             try:
                 got = get_kernel(spec, log=self.log)
             except Exception as exc:  # remembered: every test on this kernel fails the same way, fast
@@ -274,7 +274,7 @@ class VmprobeSession:
     def machine(self, kernel: "Kernel") -> "Machine":
         """The session's VM for this kernel: reused while it is clean (see GuestState), replaced
         (a warm restore: about a second) after a crash or when a test left something behind."""
-        from .machine import Machine
+        from vmprobe.vm.machine import Machine
         spec = kernel.spec
         m = self.machines.get(spec)
         if m is not None:
@@ -318,7 +318,7 @@ class VmprobeSession:
     def open_runtime_dir(self) -> None:
         """Give this process's session (and the processes its tests start) a private dir for
         the machines' temp dirs. An xdist worker makes its own inside its controller's."""
-        from .machine import runtime_dir
+        from vmprobe.host.processes import runtime_dir
         base = runtime_dir()
         # unix socket paths cap at 107 bytes: <base>/vmprobe-pytest-XXXXXXXX/vmprobe-XXXXXXXX/qmp.sock
         if len(str(base)) + 55 > 100 or not os.access(base, os.W_OK):
@@ -394,7 +394,7 @@ def _unusable(m: "Machine", seen: int) -> str | None:
         return f"is gone (QEMU {m._exit_reason() or 'stopped'})"
     text = m.console.text
     try:
-        from .crash import first_fatal
+        from vmprobe.formats.crash import first_fatal
         crash = first_fatal(text[seen:])
     except Exception:  # crash detection is a nicety here, never a reason to fail a test
         crash = None
@@ -402,7 +402,7 @@ def _unusable(m: "Machine", seen: int) -> str | None:
 
 
 def _render(exc: BaseException) -> str:
-    from .errors import VmprobeError
+    from vmprobe.errors import VmprobeError
     if isinstance(exc, VmprobeError):
         return f"{exc.kind}: {exc.message}"
     return f"{type(exc).__name__}: {exc}"
@@ -426,7 +426,7 @@ def _qemu_processes() -> list[tuple[int, str]]:
 def leftovers(runtime: Path | None = None, exclude: set[str] = frozenset()) -> list[str]:
     """vmprobe QEMU processes and machine dirs under ``runtime`` (default: the current runtime
     dir) that are not in ``exclude`` (dirs, pids)."""
-    from .machine import runtime_dir
+    from vmprobe.host.processes import runtime_dir
     base = runtime or runtime_dir()
     procs = [f"{pid} {cmd}" for pid, cmd in _qemu_processes()
              if f"{base}/vmprobe-" in cmd and str(pid) not in exclude
@@ -460,7 +460,7 @@ def _configure_shard(config: pytest.Config) -> None:
     text = config.getoption("vmprobe_shard")
     if text is None:
         return
-    from .shard import parse_shard
+    from vmprobe.pytest_plugin.shard import parse_shard
     try:
         config.stash[_shard_key] = parse_shard(text)
     except ValueError as exc:
@@ -472,7 +472,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     shard = config.stash.get(_shard_key, None)
     if shard is None:
         return
-    from .shard import split
+    from vmprobe.pytest_plugin.shard import split
     kept, dropped = split(items, *shard)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
@@ -583,7 +583,7 @@ def vm(request: pytest.FixtureRequest, kernel: "Kernel") -> "Machine":
 @pytest.fixture(scope="session")
 def fork_module(kernel: "Kernel") -> "Module":
     """vmprobe's built-in fork probe (pre and post handlers, nonce-counted hits), built for the kernel."""
-    from . import modules
+    from vmprobe import modules
     return modules.build(modules.FORK_PROBE, kernel)[0]
 
 
@@ -597,7 +597,7 @@ def kprobe_module(request: pytest.FixtureRequest, kernel: "Kernel",
     or the text of a single-file module (``name`` names it; default ``vmprobe_user_<hash>``).
     Builds are cached by sources and kernel.
     """
-    from . import modules
+    from vmprobe import modules
 
     def build(source: "str | os.PathLike[str]", name: str | None = None) -> "Module":
         path = _module_source(source, name, request, tmp_path_factory)
@@ -640,9 +640,10 @@ def probe_check(request: pytest.FixtureRequest, vm: "Machine", kernel: "Kernel",
     ``vmprobe probe --expect-mechanism``. vmprobe's own failures (a refused module, a crash)
     raise; a check that ran and failed returns a report with ``verdict == "fail"``.
     """
-    from . import modules
-    from .modules import Module
-    from .probe import ProbeCheck, ProbeOptions
+    from vmprobe import modules
+    from vmprobe.check.probe import ProbeOptions
+    from vmprobe.check.run import run_check
+    from vmprobe.modules import Module
     known = {f.name for f in fields(ProbeOptions)}
 
     def run(module: "Module | str | os.PathLike[str] | None" = None, *,
@@ -652,23 +653,23 @@ def probe_check(request: pytest.FixtureRequest, vm: "Machine", kernel: "Kernel",
             raise TypeError(f"probe_check: unknown option(s) {', '.join(unknown)}; "
                             f"ProbeOptions has {', '.join(sorted(known))}")
         t0 = time.monotonic()
+        source = None
         if module is None:
             mod = modules.build(modules.FORK_PROBE, kernel)[0]
         elif isinstance(module, Module):
-            mod = module
+            mod, source = module, module.path
             options.setdefault("builtin_template", False)
         else:
             mod = kprobe_module(module)
+            source = mod.path
             options.setdefault("builtin_template", False)
         build_time = time.monotonic() - t0
-        check = ProbeCheck(vm, mod, ProbeOptions(**options))
-        request.node.stash.setdefault(_reports_key, []).append(check.report)
-        report = check.run()
-        report.timings = {"build": build_time, **{f"vm-{k}": v for k, v in vm.timings.items()},
-                          **report.timings}
-        if expect_mechanism:
-            got = report.probe.get("mechanism")
-            report.check(f"mechanism is {expect_mechanism}", got == expect_mechanism, f"got {got}")
+        run = run_check(vm, mod, ProbeOptions(**options), source=source, expect_mechanism=expect_mechanism,
+                        build_seconds=build_time,
+                        on_start=lambda check: request.node.stash.setdefault(_reports_key, []).append(check.report))
+        if run.error:
+            raise run.error
+        report = run.report
         return report
 
     return run
@@ -749,7 +750,7 @@ def _failure_sections(item: pytest.Item, call: pytest.CallInfo) -> list[tuple[st
         files["qemu_cmdline.txt"] = cmdline
         sections.append(("qemu command line", cmdline))
 
-    from .errors import VmprobeError
+    from vmprobe.errors import VmprobeError
     exc = call.excinfo.value if call.excinfo else None
     if isinstance(exc, VmprobeError) and exc.detail:
         files["error_detail.txt"] = exc.detail
@@ -786,6 +787,7 @@ class _JunitSections:
             return
         try:
             import xml.etree.ElementTree as ET
+
             from _pytest.junitxml import bin_xml_escape, xml_key
             xml = self.config.stash.get(xml_key, None)
             if xml is None or xml.logging not in ("no", "system-err"):

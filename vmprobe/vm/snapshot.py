@@ -26,12 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from . import cache, rootfs
-from .accel import qemu_version
-from .config import cache_dir
+from vmprobe.config import cache_dir
+from vmprobe.guest import rootfs
+from vmprobe.host import cache
+from vmprobe.vm.accel import qemu_version
 
 if TYPE_CHECKING:
-    from .machine import Machine
+    from vmprobe.vm.machine import Machine
 
 FORMAT = "snapshot-v1"
 
@@ -134,10 +135,9 @@ def discard_snapshot(directory: Path) -> None:
 
 
 def _make(m: "Machine", base: rootfs.BaseImage, inputs: dict, directory: Path) -> None:
-    from .machine import Machine
     initrd = directory / "initrd.img"
     shutil.copyfile(base.path, initrd)
-    source = Machine(m.kernel, accel=m.accel, memory=m.memory, smp=m.smp, append=m.extra_append,
+    source = type(m)(m.kernel, accel=m.accel, memory=m.memory, smp=m.smp, append=m.extra_append,
                      qemu_args=m.qemu_args, boot_timeout=m.boot_timeout, log=m.log,
                      _snapshot_source=initrd)
     with source:

@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Iterator
 
-from .errors import VmprobeError
+from vmprobe.errors import VmprobeError
 
 HOLD_ENV = "VMPROBE_TEST_HOLD_AT"
 HOLD_SECONDS = 120

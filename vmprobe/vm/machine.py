@@ -14,15 +14,13 @@ then sent this run's keys, nonce and clock over a second serial port.
 from __future__ import annotations
 
 import atexit
+import base64
 import contextlib
-import ctypes
 import logging
 import os
-import base64
 import secrets
 import select
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -33,16 +31,19 @@ from pathlib import Path
 from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from . import panics, progress, rootfs
-from .cache import sha256_file
-from .accel import choose_accel, qemu_version
-from .arch import ArchProfile, image_problem, profile_for
-from .console import Console, raise_qemu_gone
-from .crash import find_crashes, first_fatal
-from .errors import GuestCrash, QemuError, SshError, VmprobeError
-from .interrupts import checkpoint, deferred_signals
-from .kernels import Kernel
-from .ssh import GuestSsh, RunKeys
+from vmprobe.arch import ArchProfile, image_problem, profile_for
+from vmprobe.errors import GuestCrash, QemuError, SshError, VmprobeError
+from vmprobe.formats.crash import find_crashes, first_fatal
+from vmprobe.guest import rootfs
+from vmprobe.host import progress
+from vmprobe.host.cache import sha256_file
+from vmprobe.host.interrupts import checkpoint, deferred_signals
+from vmprobe.host.processes import die_with_parent, reap_group, runtime_dir
+from vmprobe.kernels import Kernel
+from vmprobe.vm import panics
+from vmprobe.vm.accel import choose_accel, qemu_version
+from vmprobe.vm.console import Console, raise_qemu_gone
+from vmprobe.vm.ssh import GuestSsh, RunKeys
 
 # the guest's markers, logged through /dev/kmsg (so after a printk timestamp)
 READY = r"\bVMPROBE-READY {nonce}$"
@@ -51,23 +52,10 @@ logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)  # failures surface as 
 _live: "weakref.WeakSet[Machine]" = weakref.WeakSet()
 
 
-def die_with_parent(sig: int = signal.SIGKILL) -> None:
-    """Have the kernel send ``sig`` to this process when its parent thread exits
-    (PR_SET_PDEATHSIG); QEMU runs it between fork and exec."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, sig)
-
-
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def runtime_dir() -> Path:
-    """Where per-machine temp dirs go (short paths: unix sockets cap at 107 bytes)."""
-    base = os.environ.get("VMPROBE_RUNTIME_DIR") or os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    return Path(base)
 
 
 class Machine:
@@ -148,7 +136,7 @@ class Machine:
             try:
                 self._restore(keys)
             except SnapshotUnusable as exc:
-                from .snapshot import discard_snapshot
+                from vmprobe.vm.snapshot import discard_snapshot
                 self.log(f"vmprobe: {exc.message}; making the snapshot again")
                 self._stop_qemu(timeout=1)
                 discard_snapshot(self._image.directory)
@@ -213,7 +201,7 @@ class Machine:
         return self._image.kallsyms(lambda: self.run("cat /proc/kallsyms", 120).stdout)
 
     def _restore(self, keys: RunKeys) -> None:
-        from .snapshot import ensure_snapshot
+        from vmprobe.vm.snapshot import ensure_snapshot
         t0 = time.monotonic()
         image = ensure_snapshot(self)
         self._image, self._incoming = image, image.state
@@ -398,7 +386,7 @@ class Machine:
                 self.qmp.close()
             self.qmp = None
         if self.proc:
-            _reap(self.proc, timeout)
+            reap_group(self.proc, timeout)
 
     # -- conveniences --------------------------------------------------------
     def upload(self, local: Path, remote: str, mode: int = 0o644) -> None:
@@ -442,33 +430,8 @@ class SnapshotUnusable(QemuError):
     """QEMU could not load a saved state (truncated, corrupted, or made by another build)."""
 
 
-def _reap(proc: subprocess.Popen, timeout: float) -> None:
-    for sig, wait in ((None, timeout), (signal.SIGTERM, 3), (signal.SIGKILL, 5)):
-        if sig is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-        try:
-            proc.wait(wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    # the group may hold helpers (none today); make sure nothing of it is left
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
 @atexit.register
 def _kill_leftovers() -> None:
     for machine in list(_live):
         with contextlib.suppress(Exception):
             machine.shutdown(timeout=1)
-
-
-def install_signal_handlers() -> None:
-    """Turn SIGTERM/SIGHUP into SystemExit so ``with Machine`` blocks clean up."""
-    def handler(signum, frame):
-        raise SystemExit(128 + signum)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, handler)
-
-

@@ -19,12 +19,12 @@ import re
 import subprocess
 from pathlib import Path
 
-from . import cache
-from .arch import profile_for
-from .config import cache_dir, settings
-from .elf import dynamic, machine
-from .errors import ConfigError, FetchError
-from .kernels import Kernel
+from vmprobe.arch import profile_for
+from vmprobe.config import cache_dir, settings
+from vmprobe.errors import ConfigError, FetchError
+from vmprobe.formats.elf import dynamic, machine
+from vmprobe.host import cache
+from vmprobe.kernels import Kernel
 
 #: Debian package → (guest path, path inside the package)
 PROGRAMS = {
@@ -138,8 +138,8 @@ def library_closure(root: Path, programs: list[str], triplet: str, arch_name: st
 
 def foreign_programs(kernel: Kernel, log=None) -> list[tuple[str, Path]]:
     """(guest path, file) for the guest's programs and libraries, from ``kernel.arch`` packages."""
-    from .kernels import load_catalog
-    from .kernels.debian import DebianProvider
+    from vmprobe.kernels import load_catalog
+    from vmprobe.kernels.debian import DebianProvider
 
     profile = profile_for(kernel.arch)
     catalog = load_catalog()

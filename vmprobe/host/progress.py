@@ -16,19 +16,28 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Callable, Iterator
+from typing import IO, TYPE_CHECKING, Callable, Iterator, Protocol
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from .machine import Machine
 
 REFRESH = 0.2              # seconds between updates of a transfer's byte count
 DETAIL_WIDTH = 70          # characters of a status's live detail
+
+
+
+class Machine(Protocol):
+    """What a console stream and a boot's detail read of a machine (vm.machine.Machine)."""
+    proc: subprocess.Popen | None
+    workdir: Path | None
+    accel: str | None
+
 
 _streaming = 0             # console streams running: they own stderr
 _streams: list["ConsoleStream"] = []
@@ -107,8 +116,15 @@ def transfer(description: str, directory: Path, total: int | None = None) -> Ite
     if not enabled():
         yield
         return
-    from rich.progress import (BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn,
-                               TimeElapsedColumn, TransferSpeedColumn)
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TransferSpeedColumn,
+    )
     start = dir_size(directory)
     columns = [SpinnerColumn(), TextColumn("{task.description}", table_column=_squeezable(ratio=1)),
                BarColumn(bar_width=24), DownloadColumn(), TransferSpeedColumn(), TimeElapsedColumn()]

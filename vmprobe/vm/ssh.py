@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 import paramiko
-from tenacity import (RetryError, Retrying, retry_if_exception_type, stop_after_delay,
-                      wait_fixed)
+from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
-from .errors import CommandTimeout, ConfigError, SshError
-from .interrupts import checkpoint
+from vmprobe.errors import CommandTimeout, ConfigError, SshError
+from vmprobe.host.interrupts import checkpoint
 
 logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 

@@ -17,15 +17,15 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
-from .crash import find_crashes
-from .errors import CommandTimeout, GdbError, ModuleLoadError, VmprobeError
-from .gdb import Gdb
-from .interrupts import checkpoint
-from .kprobes_list import ProbeRecord, parse_debugfs_list
-from .machine import Machine
-from .modules import Module
-from .report import ProbeReport
-from .sites import SITE_WINDOW, agrees_with_flags, classify, entry_offset
+from vmprobe.check.report import ProbeReport
+from vmprobe.check.sites import SITE_WINDOW, agrees_with_flags, classify, entry_offset
+from vmprobe.errors import CommandTimeout, GdbError, ModuleLoadError, VmprobeError
+from vmprobe.formats.crash import find_crashes
+from vmprobe.formats.kprobes_list import ProbeRecord, parse_debugfs_list
+from vmprobe.host.interrupts import checkpoint
+from vmprobe.modules import Module
+from vmprobe.vm.gdb import Gdb
+from vmprobe.vm.machine import Machine
 
 FORK_SYMBOLS = ("kernel_clone", "_do_fork", "do_fork")
 AFTER_ENTRY = "after-entry"

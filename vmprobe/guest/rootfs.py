@@ -4,7 +4,7 @@ Built in two layers. The base (busybox, dropbear + its ldd closure, the sftp
 server, the init, the kernel's virtio modules in dependency order) depends only
 on its inputs and is cached by their hash. A guest of another architecture
 than the host's gets those programs from its own arch's packages
-(:mod:`vmprobe.guest_userland`). The per-run layer holds this run's
+(:mod:`vmprobe.guest.userland`). The per-run layer holds this run's
 authorized key and host key; the kernel unpacks concatenated archives in
 order, so the run's initrd is simply base + layer.
 """
@@ -16,14 +16,16 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import cache, guest_userland
-from .config import ROOTFS_DIR, cache_dir
-from .cpio import NewcArchive
-from .elf import modinfo, read_module
-from .errors import ConfigError
-from .interrupts import checkpoint
-from .kernels import Kernel
-from .kernels.apt import host_debian_arch
+from vmprobe.config import ROOTFS_DIR, cache_dir
+from vmprobe.errors import ConfigError
+from vmprobe.formats.cpio import NewcArchive
+from vmprobe.formats.elf import modinfo, read_module
+from vmprobe.guest import userland as guest_userland
+from vmprobe.host import cache
+from vmprobe.host.interrupts import checkpoint
+from vmprobe.kernels import Kernel
+from vmprobe.kernels.apt import host_debian_arch
+from vmprobe.kernels.kernel import ALL_BUILTIN
 
 #: Where each host program goes in the guest (dropbear finds the SFTP server there).
 GUEST_PROGRAMS = {
@@ -34,8 +36,6 @@ GUEST_PROGRAMS = {
 }
 HOST_PACKAGES = "busybox-static, dropbear-bin and openssh-sftp-server"
 GUEST_MODULE_DIR = "lib/modules/vmprobe"
-#: In a kernel's modules dir: it ships no modules, treat every wanted one as built in.
-ALL_BUILTIN = ".vmprobe-all-builtin"
 
 
 def _find_program(name: str) -> Path:

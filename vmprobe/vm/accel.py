@@ -16,10 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import cache
-from .arch import ArchProfile
-from .config import cache_dir
-from .errors import ConfigError
+from vmprobe.arch import ArchProfile
+from vmprobe.config import cache_dir
+from vmprobe.errors import ConfigError
+from vmprobe.host import cache
 
 PROBE_TIMEOUT = 25.0
 CHOICES = ("auto", "kvm", "tcg")

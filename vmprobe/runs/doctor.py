@@ -22,9 +22,10 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import accel, cache, progress
-from .arch import PROFILES, ArchProfile
-from .errors import ConfigError, VmprobeError
+from vmprobe.arch import PROFILES, ArchProfile
+from vmprobe.errors import ConfigError, VmprobeError
+from vmprobe.host import cache, progress
+from vmprobe.vm import accel
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 GiB = 1 << 30
@@ -100,8 +101,8 @@ def check_gdb() -> list[Check]:
 def _cached_image(profile: ArchProfile) -> tuple[str, Path] | None:
     """(cache entry name, image) of a cached kernel of the profile's architecture, for test
     boots (no network)."""
-    from .config import cache_dir
-    from .kernels import Kernel
+    from vmprobe.config import cache_dir
+    from vmprobe.kernels import Kernel
     entries = sorted(cache_dir("kernels").glob("*/kernel.json"), key=lambda p: p.stat().st_mtime, reverse=True)
     for record in entries:
         try:
@@ -184,7 +185,7 @@ def check_accel(kvm_timeout: float = accel.PROBE_TIMEOUT, log=None) -> list[Chec
 
 
 def check_disk() -> list[Check]:
-    from .config import settings
+    from vmprobe.config import settings
     path = settings().cache_dir
     probe = path
     while not probe.exists() and probe != probe.parent:
@@ -238,10 +239,10 @@ def _reach(base: str, suite: str) -> tuple[bool, str]:
 
 
 def check_archive() -> list[Check]:
-    from .kernels import DEFAULT_SPEC, parse_spec
-    from .kernels.apt import mirrors
-    from .kernels.catalog import load_catalog
-    from .config import cache_dir
+    from vmprobe.config import cache_dir
+    from vmprobe.kernels import DEFAULT_SPEC, parse_spec
+    from vmprobe.kernels.apt import mirrors
+    from vmprobe.kernels.catalog import load_catalog
     try:
         found = mirrors()
     except ConfigError as exc:
@@ -269,8 +270,8 @@ def check_archive() -> list[Check]:
 
 
 def check_compilers() -> list[Check]:
-    from .kernels import DEFAULT_SPEC, parse_spec
-    from .kernels.catalog import load_catalog
+    from vmprobe.kernels import DEFAULT_SPEC, parse_spec
+    from vmprobe.kernels.catalog import load_catalog
     catalog = load_catalog()
     default = parse_spec(DEFAULT_SPEC, catalog).suite
     out = []
@@ -302,7 +303,7 @@ def check_compilers() -> list[Check]:
 
 
 def check_guest_userland() -> list[Check]:
-    from .rootfs import GUEST_PROGRAMS, HOST_PACKAGES, _find_program
+    from vmprobe.guest.rootfs import GUEST_PROGRAMS, HOST_PACKAGES, _find_program
     out = []
     for name in GUEST_PROGRAMS:
         try:

@@ -18,45 +18,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import cache, modules
-from .errors import ConfigError, VmprobeError
-from .probe import ProbeOptions
-
-FORMAT = 1
-BUILTIN = "builtin:vmprobe_fork"
-#: ProbeOptions fields a re-run needs (timeouts are the tool's, not the check's)
-OPTION_FIELDS = ("symbol", "offset", "post_handler", "trigger", "module_params", "builtin_template",
-                 "sysrq", "registers")
-
-
-def source_digest(source: Path) -> str:
-    """sha256 over a module source: a .c/.ko file, or a directory's files (names and bytes)."""
-    source = source.resolve()
-    if source.is_file():
-        return cache.sha256_file(source)
-    base, files = modules._sources(source)
-    return cache.digest(*[f"{f.relative_to(base)}:{cache.sha256_file(f)}" for f in files])
-
-
-def inputs(machine, module, source: Path | None, options: ProbeOptions,
-           expect_mechanism: str | None = None) -> dict:
-    """The ``repro`` block of a report: everything needed to run the same check again."""
-    k = machine.kernel
-    builtin = source is None or Path(source).resolve() == modules.FORK_PROBE.resolve()
-    src = modules.FORK_PROBE if builtin else Path(source).resolve()
-    return {
-        "format": FORMAT,
-        "kernel": {"spec": k.spec, "release": k.release, "version": k.version, "arch": k.arch,
-                   "packages": k.packages, "image_sha256": k.image_sha256},
-        "module": {"source": BUILTIN if builtin else str(src), "sha256": source_digest(src),
-                   "name": module.name, "ko_sha256": cache.sha256_file(module.path)},
-        "options": {name: getattr(options, name) for name in OPTION_FIELDS},
-        "expect_mechanism": expect_mechanism,
-        "machine": {"accel": machine.accel, "requested_accel": machine.requested_accel,
-                    "smp": machine.smp, "memory": machine.memory,
-                    "append": list(machine.extra_append), "boot_timeout": machine.boot_timeout,
-                    "warm": getattr(machine, "warm", None)},   # restored from a saved state
-    }
+from vmprobe import modules
+from vmprobe.check.probe import ProbeOptions
+from vmprobe.check.run import BUILTIN, OPTION_FIELDS, REPRO_FORMAT, named_check, run_check, source_digest
+from vmprobe.errors import ConfigError, VmprobeError
+from vmprobe.host import cache
 
 
 @dataclass
@@ -88,7 +54,7 @@ def load_cases(data: dict, *, every: bool = False) -> list[Case]:
                 report = c.get("report") or {}
                 repro = c.get("repro") or report.get("repro")
                 if not repro:  # never ran (fetch or boot failed first): rebuild from the matrix check
-                    repro = {"format": FORMAT, "kernel": {"spec": (k.get("kernel") or {}).get("spec", k["spec"])},
+                    repro = {"format": REPRO_FORMAT, "kernel": {"spec": (k.get("kernel") or {}).get("spec", k["spec"])},
                              "matrix_check": c["name"], "machine": data.get("machine", {})}
                 cases.append(Case(f"{k['spec']} {c['name']}", repro, c["verdict"], _failed_checks(report),
                                   c.get("error")))
@@ -119,8 +85,7 @@ class Outcome:
 
 def _options(repro: dict, kernel) -> tuple[ProbeOptions, str | None]:
     if "matrix_check" in repro:
-        from .matrix import checks_for
-        check = next((c for c in checks_for(kernel) if c.name == repro["matrix_check"]), None)
+        check = named_check(kernel, repro["matrix_check"])
         if check is None:
             raise ConfigError(f"unknown matrix check {repro['matrix_check']!r}")
         return check.options(), check.expect_mechanism
@@ -148,9 +113,8 @@ def _module_source(repro: dict, override: Path | None, log) -> Path:
 def rerun(case: Case, *, accel: str | None = None, module: Path | None = None, log=None,
           keep=None) -> Outcome:
     """Run the case's check again; ``keep(machine, check, outcome)`` is called with the VM still up."""
-    from .kernels import get_kernel
-    from .machine import Machine
-    from .probe import ProbeCheck
+    from vmprobe.kernels import get_kernel
+    from vmprobe.vm.machine import Machine
 
     log = log or (lambda msg: None)
     r = case.repro
@@ -170,22 +134,17 @@ def rerun(case: Case, *, accel: str | None = None, module: Path | None = None, l
                       memory=m.get("memory", "1G"), append=tuple(m.get("append", ())),
                       boot_timeout=m.get("boot_timeout", 120), log=log, **extra)
     with machine:
-        check = ProbeCheck(machine, built, options, log=log)
-        check.report.repro = inputs(machine, built, None if source == modules.FORK_PROBE else source,
-                                    options, expect)
-        try:
-            report = check.run()
-        except VmprobeError as exc:
-            outcome = Outcome("error", _failed_checks(check.report.to_dict()),
-                              check.report.error or exc.render(), exc.render(), exc.exit_code)
+        run = run_check(machine, built, options, source=None if source == modules.FORK_PROBE else source,
+                        expect_mechanism=expect, log=log)
+        report = run.report
+        if run.error:
+            outcome = Outcome("error", _failed_checks(report.to_dict()), report.error or run.error.render(),
+                              run.error.render(), run.error.exit_code)
         else:
-            if expect:
-                got = report.probe.get("mechanism")
-                report.check(f"mechanism is {expect}", got == expect, f"got {got}")
             outcome = Outcome(report.verdict, _failed_checks(report.to_dict()), None, report.summary(),
                               0 if report.verdict == "pass" else 1)
         if keep:
-            keep(machine, check, outcome)
+            keep(machine, run.check, outcome)
     return outcome
 
 
@@ -237,7 +196,7 @@ def verdict_line(case: Case, outcome: Outcome, seconds: float) -> str:
 
 def _keep(machine, check, interact, log) -> None:
     """Keep the VM up: print how to attach gdb and to arm the module again, open a shell."""
-    from . import debugger
+    from vmprobe.runs import debugger
     gone = machine._exit_reason()
     if gone:
         log(f"vmprobe repro: nothing to keep: QEMU {gone}")

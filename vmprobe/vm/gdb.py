@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pygdbmi.gdbcontroller import GdbController
 
-from .errors import ConfigError, GdbError
+from vmprobe.errors import ConfigError, GdbError
 
 
 class Gdb:

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .crash import first_fatal
-from .errors import BootTimeout, GuestCrash, VmprobeError
+from vmprobe.errors import BootTimeout, GuestCrash, VmprobeError
+from vmprobe.formats.crash import first_fatal
 
 POLL = 0.05        # longest pause between looks at the log
 FIRST_POLL = 0.005  # the pause starts short and doubles: a quick answer is seen quickly
@@ -86,13 +86,13 @@ class Console:
 
 
 def raise_qemu_gone(reason: str, what: str, console: Console) -> None:
-    from .errors import QemuError
+    from vmprobe.errors import QemuError
 
     crash = first_fatal(console.text)
     if crash:
         raise GuestCrash(f"the guest kernel crashed ({crash.title}); QEMU {reason} "
                          f"while waiting for {what}", detail=crash.excerpt + "\n...\n" + console.tail(10))
-    from .panics import PANIC_NOTE, silent_panic_message
+    from vmprobe.vm.panics import PANIC_NOTE, silent_panic_message
     if PANIC_NOTE in reason:
         raise GuestCrash(silent_panic_message(reason, what), detail=console.tail())
     raise QemuError(f"QEMU {reason} while waiting for {what}", detail=console.tail())

@@ -15,7 +15,6 @@ import asyncio
 import time
 
 
-
 def qemu_args(device: str = "pvpanic") -> tuple[str, ...]:
     """The pvpanic device (``pvpanic`` on ISA, ``pvpanic-pci`` on virt) and the action."""
     return ("-device", device, "-action", "panic=none")
