@@ -64,7 +64,7 @@ def _source_initrd(kernel, directory: Path) -> Path:
 def save_migration(kernel, accel, directory: Path) -> tuple[float, int]:
     with Machine(kernel, accel=accel, _snapshot_source=_source_initrd(kernel, directory)) as m:
         t0 = time.monotonic()
-        m.save_state(directory / "state")
+        snapshot.save_state(m, directory / "state")
         return time.monotonic() - t0, (directory / "state").stat().st_size
 
 

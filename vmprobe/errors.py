@@ -50,10 +50,21 @@ class FetchError(VmprobeError):
 
 
 class QemuError(VmprobeError):
-    """QEMU refused to start or exited under us."""
+    """QEMU refused to start or exited under us.
+
+    ``exit_status`` is QEMU's (None while it runs or if it never started; negative: the
+    signal that killed it), ``command`` its argv, ``output`` what it printed on stderr.
+    """
 
     exit_code = 67
     kind = "QEMU died"
+
+    def __init__(self, message: str, *, detail: str | None = None, exit_status: int | None = None,
+                 command: list[str] | tuple[str, ...] = (), output: str = ""):
+        super().__init__(message, detail=detail)
+        self.exit_status = exit_status
+        self.command = list(command)
+        self.output = output
 
 
 class BootTimeout(VmprobeError):
@@ -112,11 +123,18 @@ class KernelBuildError(VmprobeError):
     kind = "kernel build failed"
 
 
-class ProbeCheckFailed(VmprobeError):
-    """The probe check ran to the end and at least one check failed."""
+class CacheBusy(VmprobeError):
+    """Another vmprobe run held a cache entry's lock for too long."""
 
-    exit_code = 1
-    kind = "probe check failed"
+    exit_code = 77
+    kind = "cache busy"
+
+
+class ProbeSiteError(VmprobeError):
+    """The site to probe is not in the kernel, or the kernel put the probe elsewhere."""
+
+    exit_code = 78
+    kind = "probe site"
 
 
 EXIT_INTERRUPTED = 130
@@ -125,8 +143,8 @@ EXIT_INTERRUPTED = 130
 EXIT_CODES = {
     cls.__name__: cls.exit_code
     for cls in (
-        ProbeCheckFailed, SpecError, ConfigError, FetchError, QemuError,
+        SpecError, ConfigError, FetchError, QemuError,
         BootTimeout, GuestCrash, VmprobeError, SshError, CommandTimeout,
-        GdbError, ModuleBuildError, ModuleLoadError, KernelBuildError,
+        GdbError, ModuleBuildError, ModuleLoadError, KernelBuildError, CacheBusy, ProbeSiteError,
     )
 }

@@ -35,7 +35,8 @@ def test_codes_do_not_collide_with_success_usage_or_interrupt():
 
 
 @pytest.mark.parametrize("cls, code, kind", [
-    (errors.ProbeCheckFailed, 1, "probe check failed"),
+    (errors.CacheBusy, 77, "cache busy"),
+    (errors.ProbeSiteError, 78, "probe site"),
     (SpecError, 64, "bad kernel spec"),
     (errors.ConfigError, 65, "host configuration"),
     (errors.GuestCrash, 69, "kernel crash"),
@@ -70,3 +71,10 @@ def test_errors_are_exceptions_catchable_as_base():
         raise errors.FetchError("download failed", detail="404")
     assert info.value.exit_code == 66
     assert info.value.detail == "404"
+
+
+def test_qemu_error_keeps_status_command_and_output():
+    err = errors.QemuError("QEMU exited with status 1 at start-up", exit_status=1,
+                           command=("qemu-system-x86_64", "-M", "pc"), output="bad option\n")
+    assert (err.exit_status, err.command, err.output) == (1, ["qemu-system-x86_64", "-M", "pc"], "bad option\n")
+    assert errors.QemuError("gone").exit_status is None and errors.QemuError("gone").command == []

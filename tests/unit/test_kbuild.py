@@ -11,15 +11,13 @@ from vmprobe.errors import KernelBuildError, SpecError
 from vmprobe.kernels.build import (
     DEFAULT_FRAGMENT,
     PATCHES_DIR,
-    Source,
     apply_patch,
     build_key,
     check_config,
-    dir_source,
     failed_hunks,
     parse_fragment,
-    resolve_source,
 )
+from vmprobe.kernels.source import Source, dir_source, resolve_source
 
 needs_patch = pytest.mark.skipif(not shutil.which("patch"), reason="patch(1) not installed")
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 
-FLAGS = ("GONE", "DISABLED", "OPTIMIZED", "FTRACE")
-
 _DEBUGFS = re.compile(
     r"^(?P<addr>[0-9a-fA-F]+)\s+(?P<type>[a-z])\s+(?P<sym>[^\s+]+)\+0x(?P<off>[0-9a-fA-F]+)"
     r"(?:\s+(?P<mod>[^\s\[]+))?\s*(?P<flags>(?:\[[A-Z_]+\])*)\s*$")

@@ -17,7 +17,7 @@ from typing import Iterator
 
 from filelock import FileLock, Timeout
 
-from vmprobe.errors import VmprobeError
+from vmprobe.errors import CacheBusy
 
 LOCK_TIMEOUT = 1800  # a cold kernel fetch or toolchain build, with margin
 
@@ -30,7 +30,7 @@ def locked(target: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
     try:
         lock.acquire(timeout=timeout)
     except Timeout:
-        raise VmprobeError(f"timed out after {timeout:.0f}s waiting for the cache lock "
+        raise CacheBusy(f"timed out after {timeout:.0f}s waiting for the cache lock "
                            f"{target}.lock (another vmprobe run is building it)") from None
     try:
         yield

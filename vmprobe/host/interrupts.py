@@ -26,8 +26,6 @@ from vmprobe.errors import VmprobeError
 
 HOLD_ENV = "VMPROBE_TEST_HOLD_AT"
 HOLD_SECONDS = 120
-#: Where runs can be held (the probe check's own phases are held too, by their names).
-PHASES = ("fetch", "build", "rootfs", "boot", "ssh", "shutdown")
 DEFERRED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 

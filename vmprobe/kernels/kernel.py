@@ -69,11 +69,6 @@ class Kernel:
                 values[m[1]] = m[2].strip('"')
         return values
 
-    @property
-    def version_tuple(self) -> tuple[int, ...]:
-        m = re.match(r"^(\d+)\.(\d+)(?:\.(\d+))?", self.release)
-        return tuple(int(x or 0) for x in m.groups()) if m else (0, 0, 0)
-
     # -- persistence ---------------------------------------------------------
     def save(self) -> None:
         data = asdict(self)

@@ -43,6 +43,7 @@ from vmprobe.kernels import Kernel
 from vmprobe.vm import panics
 from vmprobe.vm.accel import choose_accel, qemu_version
 from vmprobe.vm.console import Console, raise_qemu_gone
+from vmprobe.vm.qemu_command import QemuInputs, qemu_command
 from vmprobe.vm.ssh import GuestSsh, RunKeys
 
 # the guest's markers, logged through /dev/kmsg (so after a printk timestamp)
@@ -174,25 +175,6 @@ class Machine:
     def control_socket(self) -> Path:
         return self.workdir / "control.sock"
 
-    def save_state(self, path: Path, timeout: float = 120) -> None:
-        """Stop the guest and write its whole state to ``path`` (a migration stream)."""
-        self.qmp.cmd("stop")
-        self.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
-        self.qmp.cmd("migrate", uri=f"exec:cat > '{path}'")
-        deadline = time.monotonic() + timeout
-        while True:
-            status = self.qmp.cmd("query-migrate")
-            state = status.get("status")
-            if state == "completed":
-                return
-            if state in ("failed", "cancelled"):
-                raise QemuError(f"saving the VM state of {self.kernel.release} to {path} {state}: "
-                                f"{status.get('error-desc', 'no reason given')}")
-            if time.monotonic() > deadline:
-                raise QemuError(f"saving the VM state of {self.kernel.release} did not finish "
-                                f"within {timeout:.0f}s (status {state})")
-            time.sleep(0.02)
-
     def saved_kallsyms(self) -> Path | None:
         """The host copy of /proc/kallsyms shared by the restores of this machine's snapshot
         (read from the first one that asks), or None for a cold machine."""
@@ -213,7 +195,8 @@ class Machine:
         except QemuError as exc:  # QEMU may refuse the state before QMP is even up
             if "migration" not in exc.message:
                 raise
-            raise SnapshotUnusable(exc.message, detail=exc.detail) from None
+            raise SnapshotUnusable(exc.message, detail=exc.detail, exit_status=exc.exit_status,
+                                   command=exc.command, output=exc.output) from None
         self._resume(keys)
 
     def _resume(self, keys: RunKeys, timeout: float = 60) -> None:
@@ -241,37 +224,12 @@ class Machine:
         self._control.sendall(line.encode() + b"\n")
 
     def _qemu_command(self, initrd: Path, qmp_path: Path) -> list[str]:
-        p = self.profile
-        warm = bool(self._snapshot_source or self._incoming)
-        append = [f"console={p.console},115200", "panic=-1",
-                  *p.append, "cryptomgr.notests", f"vmprobe.nonce={self.nonce}",
-                  f"vmprobe.warm={p.control_port}" if warm else "", *self.extra_append]
-        net = (f"user,id=net0,restrict=on,"
-               f"hostfwd=tcp:127.0.0.1:{self.ssh_port}-10.0.2.15:22")
-        cmd = [
-            p.qemu, "-name", f"vmprobe-{self.nonce}", "-M", p.machine,
-            "-accel", self.accel, "-cpu", p.cpu_kvm if self.accel == "kvm" else p.cpu_tcg,
-            "-smp", str(self.smp), "-m", self.memory,
-            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-            "-kernel", str(self.kernel.image_path), "-initrd", str(initrd),
-            "-append", " ".join(a for a in append if a),
-            "-chardev", f"file,id=con0,path={self.console_log}", "-serial", "chardev:con0",
-            "-chardev", f"socket,id=qmp0,path={qmp_path}", "-mon", "chardev=qmp0,mode=control",
-            "-chardev", f"socket,id=gdb0,path={self.gdb_socket},server=on,wait=off",
-            "-gdb", "chardev:gdb0",
-            "-netdev", net, "-device", "virtio-net-pci,netdev=net0,romfile=",
-            "-object", "rng-random,id=rng0,filename=/dev/urandom",
-            "-device", "virtio-rng-pci,rng=rng0",
-            *panics.qemu_args(p.pvpanic_device),  # the guest goes on to print its panic (panics.py)
-            *[arg for device in p.devices for arg in ("-device", device)],
-            *self.qemu_args,
-        ]
-        if warm:  # the control port: identical in the saved and the restored machine
-            cmd += ["-chardev", f"socket,id=ctl0,path={self.control_socket},server=on,wait=off",
-                    "-serial", "chardev:ctl0"]
-        if self._incoming:
-            cmd += ["-incoming", f"exec:cat '{self._incoming}'"]
-        return cmd
+        return qemu_command(QemuInputs(
+            profile=self.profile, accel=self.accel, smp=self.smp, memory=self.memory,
+            image=self.kernel.image_path, initrd=initrd, nonce=self.nonce, ssh_port=self.ssh_port,
+            console_log=self.console_log, qmp_socket=qmp_path, gdb_socket=self.gdb_socket,
+            control_socket=self.control_socket, warm=bool(self._snapshot_source or self._incoming),
+            incoming=self._incoming, extra_append=self.extra_append, qemu_args=self.qemu_args))
 
     def _start_qemu(self, initrd: Path) -> None:
         qmp_path = self.workdir / "qmp.sock"
@@ -291,7 +249,7 @@ class Machine:
             except FileNotFoundError:
                 listener.close()
                 raise QemuError(f"{self.command_line[0]} not found: install QEMU "
-                                f"({qemu_version(self.command_line[0])})") from None
+                                f"({qemu_version(self.command_line[0])})", command=self.command_line) from None
         self.console = Console(self.console_log, self._exit_reason)
         try:
             deadline = time.monotonic() + 20
@@ -305,10 +263,12 @@ class Machine:
                     if "hostfwd" in stderr or "host forwarding" in stderr:
                         raise _PortTaken()
                     raise QemuError(f"QEMU exited with status {self.proc.returncode} at start-up: "
-                                    f"{stderr.strip()[-500:]}", detail=" ".join(self.command_line))
+                                    f"{stderr.strip()[-500:]}", detail=" ".join(self.command_line),
+                                    exit_status=self.proc.returncode, command=self.command_line, output=stderr)
                 if time.monotonic() > deadline:
                     raise QemuError("QEMU did not connect to its QMP socket within 20s",
-                                    detail=self.qemu_stderr())
+                                    detail=self.qemu_stderr(), command=self.command_line,
+                                    output=self.qemu_stderr())
         finally:
             listener.close()
         self.qmp = QEMUMonitorProtocol(conn)
@@ -319,7 +279,8 @@ class Machine:
                 self.proc.wait(5)
             raise QemuError(f"QEMU exited with status {self.proc.poll()} at start-up: "
                             f"{self.qemu_stderr().strip()[-500:] or exc}",
-                            detail=" ".join(self.command_line)) from None
+                            detail=" ".join(self.command_line), exit_status=self.proc.poll(),
+                            command=self.command_line, output=self.qemu_stderr()) from None
         self.qmp.settimeout(10)
         checkpoint("boot")
 
@@ -390,7 +351,7 @@ class Machine:
 
     # -- conveniences --------------------------------------------------------
     def upload(self, local: Path, remote: str, mode: int = 0o644) -> None:
-        """Copy a file in over SFTP, unless this boot already has the same bytes there."""
+        """Copy a file in (streamed over SSH), unless this boot already has the same bytes there."""
         digest = sha256_file(local)
         if self._uploaded.get(remote) == digest:
             return

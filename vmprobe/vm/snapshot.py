@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from vmprobe.config import cache_dir
+from vmprobe.errors import QemuError
 from vmprobe.guest import rootfs
 from vmprobe.host import cache
 from vmprobe.vm.accel import qemu_version
@@ -128,6 +129,26 @@ def _stat_stamp(path: Path) -> str:
     return f"{st.st_size} {st.st_mtime_ns} {st.st_ino}"
 
 
+def save_state(m: "Machine", path: Path, timeout: float = 120) -> None:
+    """Stop the guest and write its whole state to ``path`` (a migration stream)."""
+    m.qmp.cmd("stop")
+    m.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
+    m.qmp.cmd("migrate", uri=f"exec:cat > '{path}'")
+    deadline = time.monotonic() + timeout
+    while True:
+        status = m.qmp.cmd("query-migrate")
+        state = status.get("status")
+        if state == "completed":
+            return
+        if state in ("failed", "cancelled"):
+            raise QemuError(f"saving the VM state of {m.kernel.release} to {path} {state}: "
+                            f"{status.get('error-desc', 'no reason given')}")
+        if time.monotonic() > deadline:
+            raise QemuError(f"saving the VM state of {m.kernel.release} did not finish "
+                            f"within {timeout:.0f}s (status {state})")
+        time.sleep(0.02)
+
+
 def discard_snapshot(directory: Path) -> None:
     """Remove a snapshot QEMU could not load, so the next machine makes it again."""
     with cache.locked(directory):
@@ -143,7 +164,7 @@ def _make(m: "Machine", base: rootfs.BaseImage, inputs: dict, directory: Path) -
     with source:
         boot = source.timings["boot"]
         t0 = time.monotonic()
-        source.save_state(directory / "state")
+        save_state(source, directory / "state")
         saved = time.monotonic() - t0
     state = directory / "state"
     meta = dict(inputs, boot_seconds=round(boot, 3), save_seconds=round(saved, 3),

@@ -1,0 +1,66 @@
+"""The QEMU command line of a vmprobe machine, built from its inputs alone.
+
+A pure function, so the line can be shown or tested without starting QEMU.
+Everything that listens does so on a unix socket in the machine's 0700 dir
+(QMP, gdbstub, the warm-start control port) or on 127.0.0.1 (the SSH
+forward); the guest network is ``restrict=on``: it cannot reach out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmprobe.arch import ArchProfile
+from vmprobe.vm import panics
+
+
+@dataclass(frozen=True)
+class QemuInputs:
+    profile: ArchProfile
+    accel: str
+    smp: int
+    memory: str
+    image: Path
+    initrd: Path
+    nonce: str
+    ssh_port: int
+    console_log: Path
+    qmp_socket: Path
+    gdb_socket: Path
+    control_socket: Path
+    warm: bool = False                 # made for, or restored from, a saved state
+    incoming: Path | None = None       # the saved state to restore
+    extra_append: tuple[str, ...] = ()
+    qemu_args: tuple[str, ...] = ()
+
+
+def qemu_command(q: QemuInputs) -> list[str]:
+    p = q.profile
+    append = [f"console={p.console},115200", "panic=-1",
+              *p.append, "cryptomgr.notests", f"vmprobe.nonce={q.nonce}",
+              f"vmprobe.warm={p.control_port}" if q.warm else "", *q.extra_append]
+    net = f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{q.ssh_port}-10.0.2.15:22"
+    cmd = [
+        p.qemu, "-name", f"vmprobe-{q.nonce}", "-M", p.machine,
+        "-accel", q.accel, "-cpu", p.cpu_kvm if q.accel == "kvm" else p.cpu_tcg,
+        "-smp", str(q.smp), "-m", q.memory,
+        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-kernel", str(q.image), "-initrd", str(q.initrd),
+        "-append", " ".join(a for a in append if a),
+        "-chardev", f"file,id=con0,path={q.console_log}", "-serial", "chardev:con0",
+        "-chardev", f"socket,id=qmp0,path={q.qmp_socket}", "-mon", "chardev=qmp0,mode=control",
+        "-chardev", f"socket,id=gdb0,path={q.gdb_socket},server=on,wait=off",
+        "-gdb", "chardev:gdb0",
+        "-netdev", net, "-device", "virtio-net-pci,netdev=net0,romfile=",
+        "-object", "rng-random,id=rng0,filename=/dev/urandom",
+        "-device", "virtio-rng-pci,rng=rng0",
+        *panics.qemu_args(p.pvpanic_device),  # the guest goes on to print its panic (panics.py)
+        *[arg for device in p.devices for arg in ("-device", device)],
+        *q.qemu_args,
+    ]
+    if q.warm:  # the control port: identical in the saved and the restored machine
+        cmd += ["-chardev", f"socket,id=ctl0,path={q.control_socket},server=on,wait=off",
+                "-serial", "chardev:ctl0"]
+    if q.incoming:
+        cmd += ["-incoming", f"exec:cat '{q.incoming}'"]
+    return cmd
