@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from vmprobe import modules
-from vmprobe.check.probe import ProbeOptions
+from vmprobe.check.probe import AFTER_ENTRY, ProbeOptions
 from vmprobe.check.run import run_check
 from vmprobe.errors import EXIT_CODES, EXIT_INTERRUPTED, VmprobeError
 from vmprobe.host import progress
@@ -28,12 +28,12 @@ def _log(msg: str) -> None:
 
 
 def _offset(text: str) -> int | str:
-    if text == "after-entry":
+    if text == AFTER_ENTRY:
         return text
     try:
         return int(text, 0)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not an offset (an integer or after-entry): {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not an offset (an integer or {AFTER_ENTRY}): {text!r}") from None
 
 
 def _machine_args(p: argparse.ArgumentParser) -> None:
