@@ -2,7 +2,7 @@
 
 The VM fixtures (``kernel``, ``vm``, ``fork_module``, ``kprobe_module``,
 ``probe_check``, ``no_leaks``) come from vmprobe's pytest plugin
-(``vmprobe/pytest_plugin.py``, entry point ``pytest11: vmprobe``); its options
+(``vmprobe/pytest_plugin/``, entry point ``pytest11: vmprobe`` → ``hooks.py``); its options
 pick the kernels (``--vmprobe-kernel``, default debian:bookworm) and the
 accelerator (``--vmprobe-accel``, default ``$VMPROBE_ACCEL`` or auto).
 """

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vmprobe.pytest_plugin.plugin import (
+from vmprobe.pytest_plugin.markers import (
     arch_matches,
     artefact_dir_name,
     kernel_version,

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from vmprobe.host.processes import runtime_dir
-from vmprobe.pytest_plugin.plugin import _state, leftovers
+from vmprobe.pytest_plugin.pool import session_state
+from vmprobe.pytest_plugin.procscan import leftovers
 
 
 def _children(pid: int) -> dict[str, str]:
@@ -46,7 +47,7 @@ def _unix_sockets(under: Path) -> list[str]:
 
 def traces(config: pytest.Config) -> set[str]:
     """Everything of vmprobe's that is alive or on disk now, this session's pooled VMs aside."""
-    state = _state(config)
+    state = session_state(config)
     pool = state.own_machine_traces()
     base = runtime_dir()
     found = {f"process {pid}: {cmd}" for pid, cmd in _children(os.getpid()).items()

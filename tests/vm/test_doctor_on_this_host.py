@@ -13,7 +13,7 @@ from pathlib import Path
 
 from vmprobe.arch import PROFILES
 from vmprobe.kernels import get_kernel
-from vmprobe.pytest_plugin.plugin import _qemu_processes
+from vmprobe.pytest_plugin.procscan import qemu_processes
 from vmprobe.vm.accel import choose_accel
 
 CHECKS = {"qemu-system-x86_64", "gdb", "gdb-multiarch", "kvm", "disk", "archive", "make", "gcc-12",
@@ -21,7 +21,7 @@ CHECKS = {"qemu-system-x86_64", "gdb", "gdb-multiarch", "kvm", "disk", "archive"
 
 
 def _probe_qemus() -> set[str]:
-    return {cmd for _, cmd in _qemu_processes() if "vmprobe-kvmprobe-" in cmd}
+    return {cmd for _, cmd in qemu_processes() if "vmprobe-kvmprobe-" in cmd}
 
 
 def _doctor(vmprobe_cli, *args):

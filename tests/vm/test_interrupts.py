@@ -27,7 +27,7 @@ from cachecopy import copy_apt_state, copy_cache
 from vmprobe import modules
 from vmprobe.errors import EXIT_CODES, EXIT_INTERRUPTED
 from vmprobe.host.processes import runtime_dir
-from vmprobe.pytest_plugin.plugin import leftovers
+from vmprobe.pytest_plugin.procscan import leftovers
 
 pytestmark = pytest.mark.usefixtures("leaves_nothing_behind")
 REACH_TIMEOUT = 300   # to get to the phase (a cold module build, a TCG boot on a busy host)
