@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from vmprobe import modules
+from vmprobe.arch import Mechanism
 from vmprobe.check.probe import AFTER_ENTRY, ProbeOptions
 from vmprobe.check.run import run_check
 from vmprobe.errors import EXIT_CODES, EXIT_INTERRUPTED, VmprobeError
@@ -115,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--module-params", default="", help="parameters for insmod of --module")
     pr.add_argument("--trigger", help="command that makes the probe fire (default: forks)")
     pr.add_argument("--no-sysrq", dest="sysrq", action="store_false", help="skip the SysRq checks")
-    pr.add_argument("--expect-mechanism", choices=("int3", "optimized", "ftrace", "brk"),
+    pr.add_argument("--expect-mechanism", choices=[m.value for m in Mechanism if m.armed],
                     help="fail unless the probe is armed this way")
     pr.add_argument("--json", type=Path, help="write the report as JSON here")
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from vmprobe.arch import PROFILES, image_problem, profile_for
+from vmprobe.arch import PROFILES, image_problem, profile_by_name, profile_for, profile_where
 from vmprobe.errors import ConfigError
-from vmprobe.formats.elf import dynamic, machine
+from vmprobe.formats.elf import dynamic, e_machine
 from vmprobe.guest.userland import _depends, library_closure
 from vmprobe.kernels.apt import failed_suites
 
@@ -26,6 +26,41 @@ def test_profiles_carry_every_arch_difference():
     assert i386.has_optprobes and i386.has_ftrace_probes and i386.breakpoint_mechanism == "int3"
     with pytest.raises(ConfigError, match="not supported yet"):
         profile_for("riscv64")
+
+
+def test_names_and_facts_lead_to_one_profile():
+    # the names the `arch` marker accepts, per Debian arch (kernel name first)
+    assert {d: p.names for d, p in PROFILES.items()} == {
+        "amd64": ("x86_64", "amd64", "x86-64", "x64"),
+        "i386": ("i386", "i686", "x86_32"),
+        "arm64": ("aarch64", "arm64"),
+    }
+    everyone = [n.lower() for p in PROFILES.values() for n in p.names]
+    assert len(everyone) == len(set(everyone))           # no name means two arches
+    assert profile_by_name("X86_64") is PROFILES["amd64"] and profile_by_name("i686") is PROFILES["i386"]
+    assert profile_by_name("AArch64") is PROFILES["arm64"] and profile_by_name("riscv64") is None
+    assert profile_where(elf_machine=3) is PROFILES["i386"] and profile_where(elf_machine=8) is None
+    assert profile_where(image_kind="bzImage") is None   # two arches boot one
+    assert profile_where(image_kind="bzImage", bits=64) is PROFILES["amd64"]
+    assert profile_where(qemu="qemu-system-aarch64").qemu_package == "qemu-system-arm"
+    for p in PROFILES.values():
+        assert getattr(p.sites, "bits", p.bits) == p.bits
+
+
+def test_host_debian_arch_without_dpkg(monkeypatch):
+    import platform
+    import subprocess
+
+    from vmprobe.kernels import apt
+
+    def no_dpkg(*a, **k):
+        raise OSError("no dpkg")
+    monkeypatch.setattr(subprocess, "run", no_dpkg)
+    for machine, debian in (("x86_64", "amd64"), ("aarch64", "arm64"), ("i686", "i386"), ("riscv64", "riscv64")):
+        monkeypatch.setattr(platform, "machine", lambda: machine)
+        apt.host_debian_arch.cache_clear()
+        assert apt.host_debian_arch() == debian
+    apt.host_debian_arch.cache_clear()
 
 
 def test_gdb_and_cross_prefix_follow_the_host(monkeypatch):
@@ -68,19 +103,19 @@ def test_depends_parsing():
 
 @pytest.mark.skipif(not Path("/usr/sbin/dropbear").exists(), reason="dropbear-bin not installed")
 def test_library_closure_from_dt_needed_on_the_host_tree():
-    libs = library_closure(Path("/"), ["/usr/sbin/dropbear"], "x86_64-linux-gnu", "x86_64")
+    libs = library_closure(Path("/"), ["/usr/sbin/dropbear"], PROFILES["amd64"])
     names = {Path(p).name for p in libs}
     assert {"libc.so.6", "libz.so.1", "libtomcrypt.so.1", "ld-linux-x86-64.so.2"} <= names
     interp, needed = dynamic(Path("/usr/sbin/dropbear").read_bytes())
     assert interp == "/lib64/ld-linux-x86-64.so.2" and "libc.so.6" in needed
     with pytest.raises(ConfigError, match="built for x86_64"):
-        library_closure(Path("/"), ["/usr/sbin/dropbear"], "aarch64-linux-gnu", "aarch64")
+        library_closure(Path("/"), ["/usr/sbin/dropbear"], PROFILES["arm64"])
 
 
 @pytest.mark.skipif(not shutil.which("busybox"), reason="busybox not installed")
 def test_static_binary_has_no_dynamic_needs():
     data = Path(shutil.which("busybox")).resolve().read_bytes()
-    assert machine(data) == "x86_64" and dynamic(data) == (None, [])
+    assert e_machine(data) == PROFILES["amd64"].elf_machine == 62 and dynamic(data) == (None, [])
 
 
 def test_cached_entries_do_not_mix_686_and_686_pae(tmp_path, monkeypatch):

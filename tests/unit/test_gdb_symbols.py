@@ -6,6 +6,7 @@ import subprocess
 
 import pytest
 
+from vmprobe.arch import PROFILES
 from vmprobe.runs.debugger import SECTION, kallsyms_assembly, kallsyms_object, kernel_span, parse_kallsyms
 
 KALLSYMS = """\
@@ -43,7 +44,7 @@ def test_assembly_sizes_types_and_duplicates():
 @pytest.mark.skipif(not shutil.which("as") or not shutil.which("nm"), reason="needs binutils")
 def test_object_reads_back_at_runtime_addresses(tmp_path):
     obj = tmp_path / "k.o"
-    base = kallsyms_object(parse_kallsyms(KALLSYMS), "x86_64", obj)
+    base = kallsyms_object(parse_kallsyms(KALLSYMS), PROFILES["amd64"], obj)
     nm = subprocess.run(["nm", str(obj)], capture_output=True, text=True, check=True).stdout
     assert "00000000000941a0 T kernel_clone" in nm                 # section-relative
     assert "0000000000094400 t show_state.dup2" in nm

@@ -1,15 +1,23 @@
-"""vmprobe.check.sites: decoding the bytes at a probe site."""
+"""vmprobe.arch.sites: decoding the bytes at a probe site, through each arch's profile."""
 from __future__ import annotations
 
 import struct
 
 import pytest
 
-from vmprobe.check.sites import SITE_WINDOW, Site, agrees_with_flags, classify
+from vmprobe.arch import PROFILES, SITE_WINDOW, Mechanism, Site, SiteDecoder, agrees_with_flags, profile_by_name
 
 NOP5 = bytes.fromhex("0f1f440000")
 # push rbp; mov rbp,rsp; push r15; push r14 ... : an ordinary function entry
 PROLOGUE = bytes.fromhex("554889e54157415641554154")
+
+
+def classify(arch: str, address: int, baseline: bytes, armed: bytes) -> Site:
+    return profile_by_name(arch).sites.classify(address, baseline, armed)
+
+
+def entry_offset(arch: str, function_start: bytes) -> int:
+    return profile_by_name(arch).sites.entry_offset(function_start)
 
 
 def _rel(op: int, rel: int, tail: bytes = b"") -> bytes:
@@ -91,7 +99,16 @@ def test_arm64_brk():
 
 
 def test_unsupported_arch_is_unknown():
-    assert classify("riscv64", 0x1000, b"\x00" * 4, b"\x02\x90\x00\x00").mechanism == "unknown"
+    # an arch without a decoder of its own (the base decoder) knows only "unchanged"
+    assert profile_by_name("riscv64") is None
+    assert SiteDecoder().classify(0x1000, b"\x00" * 4, b"\x02\x90\x00\x00").mechanism == "unknown"
+    assert SiteDecoder().entry_offset(b"\x02\x90\x00\x00") == 0
+
+
+def test_every_profile_decodes_its_own_breakpoint():
+    for p in PROFILES.values():
+        armed = {Mechanism.INT3: b"\xcc", Mechanism.BRK: bytes.fromhex("800020d4")}[p.breakpoint_mechanism]
+        assert p.sites.classify(0x1000, PROLOGUE, armed + PROLOGUE[len(armed):]).mechanism == p.breakpoint_mechanism
 
 
 def test_site_window_covers_a_jump():
@@ -135,7 +152,6 @@ def test_agrees_with_flags(mechanism, flags, agrees):
     ("4157415641554154", 0),                  # notrace function: no entry sequence
 ])
 def test_entry_offset_x86(start, expected):
-    from vmprobe.check.sites import entry_offset
     assert entry_offset("x86_64", bytes.fromhex(start)) == expected
 
 
@@ -149,12 +165,10 @@ def test_entry_offset_x86(start, expected):
     ("1f2003d5" "fd7bbaa9", 0),                             # one NOP is not a patch site
 ])
 def test_entry_offset_arm64(start, offset):
-    from vmprobe.check.sites import entry_offset
     assert entry_offset("aarch64", bytes.fromhex(start)) == offset
 
 
 def test_ftrace_over_k8_nop():
-    from vmprobe.check.sites import classify
     site = classify("x86_64", 0xffffffff81000000, bytes.fromhex("6666666690") + b"\x41" * 4,
                     bytes.fromhex("e800100000") + b"\x41" * 4)
     assert site.mechanism == "ftrace" and site.target == 0xffffffff81001005

@@ -18,8 +18,7 @@ import pytest
 from vmprobe import modules
 from vmprobe.arch import profile_for
 from vmprobe.check.probe import AFTER_ENTRY, ProbeOptions, run_probe_check
-from vmprobe.formats.elf import machine as elf_machine
-from vmprobe.formats.elf import read_module
+from vmprobe.formats.elf import e_machine, read_module
 from vmprobe.kernels import get_kernel
 from vmprobe.vm.machine import Machine
 
@@ -46,7 +45,7 @@ def test_arch_probes(spec, uname_m, checks, registers, accel, no_leaks):
     kernel = get_kernel(spec)
     profile = profile_for(kernel.arch)
     module = modules.build(modules.FORK_PROBE, kernel)[0]
-    assert elf_machine(read_module(module.path)) == profile.name   # cross-built for the guest
+    assert e_machine(read_module(module.path)) == profile.elf_machine   # cross-built for the guest
     with Machine(kernel, accel=accel) as vm:
         assert vm.command_line[0] == profile.qemu
         # the guest's own userland: a foreign busybox would not even start as init

@@ -17,8 +17,8 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
+from vmprobe.arch import SITE_WINDOW, Mechanism, agrees_with_flags
 from vmprobe.check.report import ProbeReport
-from vmprobe.check.sites import SITE_WINDOW, agrees_with_flags, classify, entry_offset
 from vmprobe.errors import CommandTimeout, GdbError, ModuleLoadError, VmprobeError
 from vmprobe.formats.crash import find_crashes
 from vmprobe.formats.kprobes_list import ProbeRecord, parse_debugfs_list
@@ -166,7 +166,7 @@ class ProbeCheck:
             self.gdb.cont()
         if opt.offset == AFTER_ENTRY:
             start = self.gdb.read_memory(base, 16)
-            self.offset = entry_offset(self.m.profile.name, start)
+            self.offset = self.m.profile.sites.entry_offset(start)
             r.probe["offset"] = self.offset
             r.probe["offset_chosen"] = f"after-entry: {start[:9].hex(' ')} → +{self.offset}"
         st.requested = base + self.offset
@@ -195,7 +195,7 @@ class ProbeCheck:
         r.probe["mechanism"] = site.mechanism
         r.probe["site_target"] = site.to_dict()["target"]
         r.bytes = {"before": baseline.hex(), "armed": armed.hex()}
-        r.check("site armed", site.mechanism not in ("unarmed", "unknown"),
+        r.check("site armed", site.mechanism.armed,
                 f"bytes {armed[:8].hex(' ')} → {site.mechanism}")
         if record:
             r.check("bytes agree with list flags", agrees_with_flags(site.mechanism, record.flags),
@@ -308,8 +308,8 @@ class ProbeCheck:
         deadline = time.monotonic() + self.opt.settle_timeout
         while True:
             armed = self._read_site()
-            site = classify(self.m.profile.name, self.run_state.address, baseline, armed)
-            waiting = record is not None and record.has("OPTIMIZED") and site.mechanism != "optimized"
+            site = self.m.profile.sites.classify(self.run_state.address, baseline, armed)
+            waiting = record is not None and record.has("OPTIMIZED") and site.mechanism != Mechanism.OPTIMIZED
             if not waiting or time.monotonic() >= deadline:
                 return armed, site
             time.sleep(0.05)

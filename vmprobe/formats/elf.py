@@ -65,16 +65,12 @@ def modinfo(data: bytes) -> dict[str, list[str]]:
     return info
 
 
-#: e_machine values of the guests vmprobe runs
-MACHINES = {3: "i386", 62: "x86_64", 183: "aarch64"}
-
-
-def machine(data: bytes) -> str:
-    """The architecture an ELF file is for (``x86_64``, ``i386``, ``aarch64``, or ``em<N>``)."""
+def e_machine(data: bytes) -> int:
+    """The ELF file's e_machine number (the arch table says which arch that is)."""
     if data[:4] != b"\x7fELF":
         raise ValueError("not an ELF file")
     number, = struct.unpack_from("<H" if data[5] == 1 else ">H", data, 0x12)
-    return MACHINES.get(number, f"em{number}")
+    return number
 
 
 def dynamic(data: bytes) -> tuple[str | None, list[str]]:

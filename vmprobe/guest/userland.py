@@ -19,10 +19,10 @@ import re
 import subprocess
 from pathlib import Path
 
-from vmprobe.arch import profile_for
+from vmprobe.arch import ArchProfile, profile_for, profile_where
 from vmprobe.config import cache_dir, settings
 from vmprobe.errors import ConfigError, FetchError
-from vmprobe.formats.elf import dynamic, machine
+from vmprobe.formats.elf import dynamic, e_machine
 from vmprobe.host import cache
 from vmprobe.kernels import Kernel
 
@@ -33,7 +33,6 @@ PROGRAMS = {
     "sftp-server": ("openssh-sftp-server", "/usr/lib/sftp-server", "usr/lib/openssh/sftp-server"),
 }
 LIB_DIRS = ("lib/{triplet}", "usr/lib/{triplet}", "lib", "usr/lib")
-TRIPLETS = {"i386": "i386-linux-gnu", "arm64": "aarch64-linux-gnu", "amd64": "x86_64-linux-gnu"}
 
 
 def _depends(stanza: dict) -> list[str]:
@@ -102,11 +101,12 @@ def _resolve_in(root: Path, guest_path: str) -> Path:
     raise FetchError(f"symlink loop at {guest_path} in the extracted guest packages")
 
 
-def library_closure(root: Path, programs: list[str], triplet: str, arch_name: str) -> list[str]:
+def library_closure(root: Path, programs: list[str], profile: ArchProfile) -> list[str]:
     """Guest paths of the loader and shared libraries ``programs`` (guest paths) need, as
     DT_NEEDED says, looked up in ``root`` the way the guest's loader would. Every file
-    must be for ``arch_name``."""
-    dirs = [d.format(triplet=triplet) for d in LIB_DIRS]
+    must be for the ``profile``'s arch."""
+    arch_name = profile.name
+    dirs = [d.format(triplet=profile.multiarch) for d in LIB_DIRS]
     wanted: list[str] = []
     todo = list(programs)
     done: set[str] = set()
@@ -116,9 +116,11 @@ def library_closure(root: Path, programs: list[str], triplet: str, arch_name: st
             continue
         done.add(guest)
         data = _resolve_in(root, guest).read_bytes()
-        got = machine(data)
-        if got != arch_name:
-            raise ConfigError(f"{guest} in the {arch_name} guest packages is built for {got}")
+        number = e_machine(data)
+        if number != profile.elf_machine:
+            got = profile_where(elf_machine=number)
+            raise ConfigError(f"{guest} in the {arch_name} guest packages is built for "
+                              f"{got.name if got else f'em{number}'}")
         interp, needed = dynamic(data)
         deps = [interp] if interp else []
         for soname in needed:
@@ -158,12 +160,12 @@ def foreign_programs(kernel: Kernel, log=None) -> list[tuple[str, Path]]:
                     log(f"vmprobe: fetching the {kernel.arch} guest userland "
                         f"({', '.join(p for p, _, _ in PROGRAMS.values())} + {len(stanzas) - 3} libraries)")
                 with cache.staging(entry) as tmp:
-                    _fetch_and_extract(apt, stanzas, tmp, profile.name, TRIPLETS[kernel.arch])
+                    _fetch_and_extract(apt, stanzas, tmp, profile)
     files = json.loads(record.read_text())
     return [(guest, entry / "root" / rel) for guest, rel in files]
 
 
-def _fetch_and_extract(apt, stanzas: list[dict], tmp: Path, arch_name: str, triplet: str) -> None:
+def _fetch_and_extract(apt, stanzas: list[dict], tmp: Path, profile: ArchProfile) -> None:
     debs, root = tmp / "debs", tmp / "root"
     debs.mkdir()
     root.mkdir()
@@ -182,6 +184,6 @@ def _fetch_and_extract(apt, stanzas: list[dict], tmp: Path, arch_name: str, trip
         if not (root / inside).is_file():
             raise FetchError(f"the {apt.arch} packages lack /{inside}")
         files.append((guest, inside))
-    for lib in library_closure(root, ["/" + inside for _, _, inside in PROGRAMS.values()], triplet, arch_name):
+    for lib in library_closure(root, ["/" + inside for _, _, inside in PROGRAMS.values()], profile):
         files.append((lib, str(_resolve_in(root, lib).relative_to(root))))
     (tmp / "files.json").write_text(json.dumps(files, indent=1) + "\n")

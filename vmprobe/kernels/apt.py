@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vmprobe.arch import profile_by_name
 from vmprobe.config import settings
 from vmprobe.errors import ConfigError, FetchError
 from vmprobe.host import cache, progress
@@ -160,7 +161,8 @@ def host_debian_arch() -> str:
     if out:
         return out
     import platform
-    return {"x86_64": "amd64", "aarch64": "arm64", "i686": "i386"}.get(platform.machine(), platform.machine())
+    profile = profile_by_name(platform.machine())
+    return profile.debian_arch if profile else platform.machine()
 
 
 def failed_suites(apt_output: str) -> list[str]:

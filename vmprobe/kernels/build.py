@@ -27,6 +27,7 @@ import threading
 import time
 from pathlib import Path
 
+from vmprobe.arch import PROFILES
 from vmprobe.config import PROJECT_ROOT
 from vmprobe.errors import ConfigError, FetchError, KernelBuildError, SpecError
 from vmprobe.host import cache
@@ -38,8 +39,8 @@ RECIPE = "kbuild-v1"
 DEFAULT_FRAGMENT = PROJECT_ROOT / "kernels" / "config" / "vmprobe.config"
 PATCHES_DIR = PROJECT_ROOT / "kernels" / "patches"
 BUILD_TIMEOUT = 4 * 3600  # a cold build on a loaded 2-core machine, with a wide margin
-#: Debian architecture → (kernel ARCH, image path in the tree, base config targets)
-ARCHES = {"amd64": ("x86_64", "arch/x86/boot/bzImage")}
+#: Debian architecture → its profile, for the arches whose kernels vmprobe can build
+ARCHES = {name: p for name, p in PROFILES.items() if p.kernel_build_arch}
 
 
 # -- the build --------------------------------------------------------------------
@@ -90,7 +91,8 @@ def build_kernel(source_text: str, patches: list[Path] = (), fragments: list[Pat
 
 def _build(tmp: Path, key: str, source: Source, patches: list[Path], fragments: list[Path],
            arch: str, jobs: int, log) -> None:
-    karch, image = ARCHES[arch]
+    profile = ARCHES[arch]
+    karch, image = profile.kernel_build_arch, profile.tree_images[0]
     tree = tmp / "linux"
     tree.mkdir()
     timings: dict[str, float] = {}
@@ -115,7 +117,7 @@ def _build(tmp: Path, key: str, source: Source, patches: list[Path], fragments: 
             "option does not exist in this kernel): " + ", ".join(dropped),
             detail="\n".join(f"{f}" for f in fragments))
     timings["config"] = time.monotonic() - t
-    for target in ("bzImage" if karch == "x86_64" else "Image", "modules_prepare", "modules"):
+    for target in (profile.image_kind, "modules_prepare", "modules"):
         t = time.monotonic()
         run_make(make + [f"-j{jobs}", target], tree, env, f"make {target}", log)
         timings[target] = time.monotonic() - t

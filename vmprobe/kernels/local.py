@@ -35,19 +35,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl
 
+from vmprobe.arch import PROFILES, profile_where
 from vmprobe.config import cache_dir
 from vmprobe.errors import FetchError, SpecError
 from vmprobe.host import cache
 from vmprobe.kernels.kernel import ALL_BUILTIN, RECORD, Kernel
 
 OPTIONS = ("build", "vmlinux", "config", "modules", "arch")
-ARCHES = ("amd64", "i386", "arm64")
+ARCHES = tuple(PROFILES)
 #: What an out-of-tree module build needs from a build tree (``make modules_prepare`` + ``modules``).
 BUILD_NEEDS = ("Makefile", ".config", "include/generated/autoconf.h", "include/config/auto.conf",
                "scripts/mod/modpost", "Module.symvers")
-#: Where a build tree keeps its image, per arch.
-TREE_IMAGES = (("amd64", "arch/x86/boot/bzImage"), ("i386", "arch/x86/boot/bzImage"),
-               ("arm64", "arch/arm64/boot/Image"), ("arm64", "arch/arm64/boot/Image.gz"))
+#: Where a build tree keeps its image: (Debian arch, path in the tree), per arch.
+TREE_IMAGES = tuple((p.debian_arch, rel) for p in PROFILES.values() for rel in p.tree_images)
 _COMPRESSORS = ((b"\x1f\x8b\x08", "gzip"), (b"\xfd7zXZ\x00", "xz"), (b"\x5d\x00\x00", "lzma"),
                 (b"BZh", "bzip2"), (b"\x28\xb5\x2f\xfd", "zstd"), (b"\x02\x21\x4c\x18", "lz4"),
                 (b"\x89LZO", "lzo"))
@@ -146,8 +146,8 @@ def _sniff(data: bytes) -> str | None:
 def _elf_arch(data: bytes) -> str | None:
     if data[:4] != b"\x7fELF":
         return None
-    machine, = struct.unpack_from("<H", data, 18)
-    return {62: "amd64", 3: "i386", 183: "arm64"}.get(machine)
+    profile = profile_where(elf_machine=struct.unpack_from("<H", data, 18)[0])
+    return profile.debian_arch if profile else None
 
 
 def _banner(data: bytes) -> str | None:
@@ -183,10 +183,11 @@ def read_image(path: Path, arch_hint: str | None = None) -> ImageFacts:
     if _sniff(data) == "gzip":  # arm64 Image.gz
         inner, compression = decompress(data, "gzip"), "gzip"
     if len(inner) > 0x40 and inner[0x38:0x3C] == b"ARM\x64":
+        arch = profile_where(image_kind="Image").debian_arch   # arm64's boot header
         banner = _banner(inner)
         if not banner:
-            raise SpecError(f"{path}: an arm64 Image without a 'Linux version' banner")
-        return ImageFacts(banner.split()[2], banner, "arm64", "arm64 Image", compression=compression)
+            raise SpecError(f"{path}: an {arch} Image without a 'Linux version' banner")
+        return ImageFacts(banner.split()[2], banner, arch, f"{arch} Image", compression=compression)
     raise SpecError(f"{path} is not a kernel image vmprobe can boot: no x86 boot header (HdrS at "
                     f"0x202) and no arm64 Image magic")
 
@@ -204,7 +205,8 @@ def _read_bzimage(path: Path, data: bytes, arch_hint: str | None) -> ImageFacts:
     arch = None
     if protocol >= 0x20C:
         xloadflags, = struct.unpack_from("<H", data, 0x236)
-        arch = "amd64" if xloadflags & 1 else None  # XLF_KERNEL_64
+        if xloadflags & 1:  # XLF_KERNEL_64
+            arch = profile_where(image_kind="bzImage", bits=64).debian_arch
     payload = x86_payload(data)
     compression = payload[1] if payload else ""
     if payload and (arch is None or not banner):

@@ -12,6 +12,8 @@ import hashlib
 import re
 from typing import Any, Callable, Iterable
 
+from vmprobe.arch import PROFILES
+
 #: The lines ``pytest --markers`` shows for the plugin's markers.
 MARKER_HELP = (
     "kernel(constraint): run only on kernels whose version matches, "
@@ -27,11 +29,8 @@ _OPS: dict[str, Callable[[tuple, tuple], bool]] = {
 }
 
 #: Debian architecture → the names a test may use for it in ``@pytest.mark.arch``.
-ARCH_NAMES = {
-    "amd64": ("x86_64", "amd64", "x86-64", "x64"),
-    "i386": ("i386", "i686", "x86_32"),
-    "arm64": ("aarch64", "arm64"),
-}
+#: Debian arch → every name the ``arch`` marker accepts for it (from the arch profiles)
+ARCH_NAMES = {debian_arch: profile.names for debian_arch, profile in PROFILES.items()}
 
 
 class BadConstraint(ValueError):

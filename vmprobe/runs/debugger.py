@@ -27,6 +27,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vmprobe.arch import ArchProfile
 from vmprobe.errors import ConfigError, GdbError, ModuleLoadError
 from vmprobe.formats.elf import section_names
 from vmprobe.host.processes import die_with_parent
@@ -38,8 +39,6 @@ SECTION = ".kallsyms"
 TEXT_TYPES = set("tTwW")
 #: module sections the kernel reports but gdb cannot place (the kernel's copy of the symtab)
 SKIP_SECTIONS = (".text", ".symtab", ".strtab")
-#: assembler per guest (kernel/gdb arch name → command)
-ASSEMBLERS = {"x86_64": ["as", "--64"], "i386": ["as", "--32"], "aarch64": ["aarch64-linux-gnu-as"]}
 GDB_TIMEOUT = 300
 
 
@@ -108,12 +107,13 @@ def kallsyms_assembly(symbols: list[KSym]) -> tuple[str, int]:
     return "\n".join(lines) + "\n", start
 
 
-def kallsyms_object(symbols: list[KSym], arch: str, out: Path) -> int:
-    """Assemble the symbols into ``out`` (an ELF object); returns the section's address."""
+def kallsyms_object(symbols: list[KSym], profile: ArchProfile, out: Path) -> int:
+    """Assemble the symbols into ``out`` (an ELF object for the guest's arch); returns the
+    section's address."""
     asm, base = kallsyms_assembly(symbols)
-    tool = ASSEMBLERS.get(arch)
+    tool = profile.assembler
     if not tool:
-        raise ConfigError(f"no assembler known for {arch} guests")
+        raise ConfigError(f"no assembler known for {profile.name} guests")
     if not shutil.which(tool[0]):
         raise ConfigError(f"{tool[0]} not found: install binutils (needed for kernel symbols in gdb)")
     src = out.with_suffix(".s")
@@ -174,8 +174,9 @@ class Session:
 
     @property
     def gdb_binary(self) -> str:
-        """The host's gdb for x86 guests; gdb-multiarch for others (when installed)."""
-        native = self.machine.profile.name in ("x86_64", "i386")
+        """The host's gdb for guests the host runs natively (x86_64 covers i386); gdb-multiarch
+        for others (when installed)."""
+        native = self.machine.profile.is_native
         return "gdb" if native or not shutil.which("gdb-multiarch") else "gdb-multiarch"
 
     def gdb_command(self, binary: str | None = None) -> list[str]:
@@ -204,7 +205,7 @@ def prepare(machine: Machine, module: Module | None = None, vmlinux: Path | None
         log(f"vmprobe: kernel symbols from {vmlinux} (KASLR offset {offset:#x})")
     else:
         obj = machine.workdir / "kallsyms.o"
-        base = kallsyms_object(symbols, machine.profile.name, obj)
+        base = kallsyms_object(symbols, machine.profile, obj)
         session.kernel_symbols = len(symbols)
         cmds.append(f"add-symbol-file {obj} -s {SECTION} {base:#x}")
         t2 = time.monotonic()

@@ -32,8 +32,6 @@ GiB = 1 << 30
 DISK_WARN, DISK_FAIL = 5 * GiB, 1 * GiB   # a kernel ≈200 MB, a build chroot ≈350 MB, a source build ≈1.7 GB
 HTTP_TIMEOUT = 10.0
 TCG_BOOT_TIMEOUT = 90.0
-QEMU_PACKAGES = {"qemu-system-x86_64": "qemu-system-x86", "qemu-system-i386": "qemu-system-x86",
-                 "qemu-system-aarch64": "qemu-system-arm"}
 TESTED_QEMU = (7, 2)
 
 
@@ -56,7 +54,7 @@ def check_qemu() -> list[Check]:
     native = _native_profile()
     for profile in PROFILES.values():
         binary = profile.qemu
-        package = QEMU_PACKAGES.get(binary, "QEMU")
+        package = profile.qemu_package
         if not shutil.which(binary):
             status = FAIL if profile is native or native is None else WARN
             out.append(Check(binary, status, f"not found ({profile.debian_arch} guests need it)",

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from vmprobe.arch import ArchProfile
+from vmprobe.arch import ArchProfile, profile_where
 from vmprobe.config import cache_dir
 from vmprobe.errors import ConfigError
 from vmprobe.host import cache
@@ -31,8 +31,9 @@ def qemu_version(binary: str) -> str:
     try:
         out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
     except FileNotFoundError:
-        package = "qemu-system-arm" if "aarch64" in binary or "arm" in binary else "qemu-system-x86"
-        raise ConfigError(f"{binary} not found: install QEMU (apt-get install {package})") from None
+        profile = profile_where(qemu=binary)
+        hint = f" (apt-get install {profile.qemu_package})" if profile else ""
+        raise ConfigError(f"{binary} not found: install QEMU{hint}") from None
     return out.splitlines()[0] if out else "unknown"
 
 

@@ -1,25 +1,12 @@
-"""What differs per guest architecture: QEMU binary, machine, console, gdb names, compilers.
-
-Every architecture difference lives in one :class:`ArchProfile`; the machine,
-gdb, module builds and the probe check read it instead of testing arch names.
-"""
+"""The arch table: one :class:`ArchProfile` per guest architecture, holding every fact
+that differs between them, so no other code needs to test an arch name."""
 from __future__ import annotations
 
 import platform
 from dataclasses import dataclass
-from enum import StrEnum
 
+from vmprobe.arch.sites import Arm64Sites, Mechanism, SiteDecoder, X86Sites
 from vmprobe.errors import ConfigError
-
-
-class Mechanism(StrEnum):
-    """How an armed probe shows in the bytes at its site (a str: JSON and CLI use the value)."""
-    INT3 = "int3"            # x86 breakpoint (a plain kprobe)
-    BRK = "brk"              # arm64 breakpoint word (brk #4)
-    OPTIMIZED = "optimized"  # x86 jump into an optprobe detour
-    FTRACE = "ftrace"        # the fentry site's call, through ftrace
-    UNARMED = "unarmed"      # the bytes did not change
-    UNKNOWN = "unknown"      # changed into something no decoder knows
 
 
 @dataclass(frozen=True)
@@ -36,9 +23,18 @@ class ArchProfile:
     pc_register: str          # gdb register names
     flags_register: str
     host_machines: tuple[str, ...]  # platform.machine() values that can run it under KVM
+    sites: SiteDecoder        # reads the bytes at a probe site
+    elf_machine: int          # ELF e_machine of its kernel, modules and programs
+    multiarch: str            # Debian multiarch tuple: where the guest programs' libraries live
+    assembler: tuple[str, ...]  # argv that assembles an object for it (gdb's kernel symbols)
+    qemu_package: str         # the Debian package that has `qemu`
+    tree_images: tuple[str, ...]  # where a kernel build tree keeps its image, best first
+    aliases: tuple[str, ...] = ()    # more names a user may call it (markers), beyond name and debian_arch
+    bits: int = 64                   # word size
     pvpanic_device: str = "pvpanic"  # ISA on pc; PCI on virt
     devices: tuple[str, ...] = ()    # extra -device's (virt has no PS/2 keyboard for QMP send-key)
-    image_kind: str = "bzImage"      # what QEMU's -kernel gets: bzImage, or arm64's uncompressed Image
+    image_kind: str = "bzImage"      # what QEMU's -kernel gets (and kbuild's target): bzImage, or arm64's Image
+    kernel_build_arch: str = ""      # ARCH= to build its kernel from source ("" = `kernels build` cannot yet)
     kbuild_arch: str = ""            # ARCH= for kbuild ("" when the headers' own ARCH is right)
     cross_compile: str = ""          # CROSS_COMPILE= prefix (binutils and CC) for module builds
     breakpoint_mechanism: Mechanism = Mechanism.INT3   # what a plain kprobe writes at its site
@@ -55,6 +51,11 @@ class ArchProfile:
         """``gdb`` for the host's own architecture, ``gdb-multiarch`` for any other."""
         return "gdb" if platform.machine() == self.name else "gdb-multiarch"
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every name it goes by, once each: the kernel's, Debian's, then the aliases."""
+        return tuple(dict.fromkeys((self.name, self.debian_arch, *self.aliases)))
+
     def cross_prefix(self) -> str:
         """The CROSS_COMPILE prefix to build for this arch on this host ('' when native)."""
         return "" if platform.machine() == self.name else self.cross_compile
@@ -66,12 +67,18 @@ PROFILES = {
         cpu_tcg="max", cpu_kvm="host", console="ttyS0", append=("nopti",),
         gdb_arch="i386:x86-64", pc_register="rip", flags_register="eflags",
         host_machines=("x86_64",), cross_compile="x86_64-linux-gnu-", control_port="ttyS1",
+        sites=X86Sites(bits=64), elf_machine=62, multiarch="x86_64-linux-gnu",
+        assembler=("as", "--64"), qemu_package="qemu-system-x86",
+        tree_images=("arch/x86/boot/bzImage",), kernel_build_arch="x86_64", aliases=("x86-64", "x64"),
     ),
     "i386": ArchProfile(
         name="i386", debian_arch="i386", qemu="qemu-system-i386", machine="pc",
         cpu_tcg="max", cpu_kvm="host", console="ttyS0", append=("nopti",),
         gdb_arch="i386", pc_register="eip", flags_register="eflags",
         host_machines=("x86_64", "i686"), cross_compile="i686-linux-gnu-", control_port="ttyS1",
+        sites=X86Sites(bits=32), elf_machine=3, multiarch="i386-linux-gnu", bits=32,
+        assembler=("as", "--32"), qemu_package="qemu-system-x86",
+        tree_images=("arch/x86/boot/bzImage",), aliases=("i686", "x86_32"),
     ),
     "arm64": ArchProfile(
         name="aarch64", debian_arch="arm64", qemu="qemu-system-aarch64", machine="virt",
@@ -82,6 +89,9 @@ PROFILES = {
         image_kind="Image",
         kbuild_arch="arm64", cross_compile="aarch64-linux-gnu-",
         breakpoint_mechanism=Mechanism.BRK, has_optprobes=False, has_ftrace_probes=False,
+        sites=Arm64Sites(), elf_machine=183, multiarch="aarch64-linux-gnu",
+        assembler=("aarch64-linux-gnu-as",), qemu_package="qemu-system-arm",
+        tree_images=("arch/arm64/boot/Image", "arch/arm64/boot/Image.gz"),
     ),
 }
 
@@ -92,6 +102,20 @@ def profile_for(debian_arch: str) -> ArchProfile:
     except KeyError:
         raise ConfigError(f"guest architecture {debian_arch} is not supported yet "
                           f"(supported: {', '.join(PROFILES)})") from None
+
+
+def profile_by_name(name: str) -> ArchProfile | None:
+    """The profile a user's name for an arch means (``x86_64``, ``amd64``, ``x64``, ``i686`` …,
+    any case); None for an arch vmprobe does not know."""
+    wanted = name.lower()
+    return next((p for p in PROFILES.values() if wanted in (n.lower() for n in p.names)), None)
+
+
+def profile_where(**facts) -> ArchProfile | None:
+    """The one profile with these field values (None if none or several): maps what a file
+    says (an ELF e_machine, an image kind and word size, a QEMU binary) to its arch."""
+    found = [p for p in PROFILES.values() if all(getattr(p, k) == v for k, v in facts.items())]
+    return found[0] if len(found) == 1 else None
 
 
 def image_problem(profile: ArchProfile, image) -> str | None:
