@@ -1,0 +1,1 @@
+"""Processes, signals, runtime dirs, the cache and progress: what every layer above needs of the host."""

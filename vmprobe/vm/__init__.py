@@ -1,0 +1,1 @@
+"""A running machine: QEMU and its lifecycle, the accelerator, warm-start snapshots, console, SSH, gdb."""
