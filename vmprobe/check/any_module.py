@@ -131,7 +131,7 @@ class AnyModule:
                                           c._blacklisted), detail="\n".join(lines[-15:]))
         c._loaded = True
         after = c._list()
-        self.records = discovery.discover(before, after)
+        self.records = discovery.in_registration_order(discovery.discover(before, after), registrations)
         if not self.records:
             asked = ", ".join(x.site for x in registrations) or "nothing (no register_kprobe call was seen)"
             raise ModuleLoadError(f"{c.module.name} loaded but registered no kprobe: {c.KPROBES_LIST} "

@@ -31,6 +31,18 @@ def discover(before: list[ProbeRecord], after: list[ProbeRecord]) -> list[ProbeR
     return [r for r in after if (r.address, r.type) not in old]
 
 
+def in_registration_order(records: list[ProbeRecord], registrations) -> list[ProbeRecord]:
+    """The probes in the order the module registered them (the list's order is a hash's);
+    the first one is the one examined most closely."""
+    def rank(rec: ProbeRecord) -> int:
+        for i, reg in enumerate(registrations):
+            if (reg.addr and reg.addr == rec.address) or (
+                    reg.symbol == rec.symbol and reg.offset <= rec.offset <= reg.offset + 16):
+                return i
+        return len(registrations)
+    return sorted(records, key=rank)
+
+
 def kind_of(record: ProbeRecord) -> str:
     return KINDS.get(record.type, f"other ({record.type})")
 
