@@ -84,13 +84,15 @@ class AnyModule:
             for p, rec in zip(self.probes, self.records):
                 self._armed(p, rec)
         counter = self._counter()
-        with c.phase("trigger"):
-            self._trigger_and_count(counter)
-        if opt.registers:
-            with c.phase("registers"):
-                self._registers(counter)
-        if counter.traced:
-            counter.stop()
+        try:
+            with c.phase("trigger"):
+                self._trigger_and_count(counter)
+            if opt.registers:
+                with c.phase("registers"):
+                    self._registers(counter)
+        finally:
+            if counter.traced:
+                counter.stop()
         if opt.sysrq:
             with c.phase("sysrq"):
                 c._sysrq()
