@@ -106,9 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("probe", help="arm a kprobe in a VM and verify it end to end")
     _machine_args(pr)
-    pr.add_argument("--symbol", help="function to probe (default: the kernel's fork function)")
-    pr.add_argument("--offset", type=_offset, default=0,
-                    help="offset into the function, or after-entry: past ENDBR and the fentry site (default 0)")
+    pr.add_argument("--symbol", help="function to probe (default: the kernel's fork function); with "
+                                     "--module: a probe there must be among those the module registers")
+    pr.add_argument("--offset", type=_offset, default=None,
+                    help="offset into the function, or after-entry: past ENDBR and the fentry site "
+                         "(default 0; with --module and --symbol: any offset)")
+    pr.add_argument("--min-hits", type=int, default=1,
+                    help="fail a probe whose handlers ran fewer times while the trigger ran (default 1)")
     pr.add_argument("--no-post-handler", dest="post_handler", action="store_false",
                     help="no post handler (lets x86 optimize the probe into a jump)")
     pr.add_argument("--module", type=Path,
@@ -287,9 +291,10 @@ def cmd_probe(args) -> int:
     source = args.module or modules.FORK_PROBE
     module = modules.build(source, kernel, log=_log)[0]
     build_time = time.monotonic() - t0
-    options = ProbeOptions(symbol=args.symbol, offset=args.offset, post_handler=args.post_handler,
+    offset = args.offset if args.offset is not None or args.module else 0
+    options = ProbeOptions(symbol=args.symbol, offset=offset, post_handler=args.post_handler,
                            trigger=args.trigger, module_params=args.module_params,
-                           builtin_template=args.module is None, sysrq=args.sysrq)
+                           builtin_template=args.module is None, sysrq=args.sysrq, min_hits=args.min_hits)
     machine = _machine(args, kernel)
     _verbose(args, machine)
     try:

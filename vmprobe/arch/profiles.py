@@ -41,6 +41,9 @@ class ArchProfile:
     has_optprobes: bool = True           # jump-optimized probes exist on this arch
     has_ftrace_probes: bool = True       # probes on the fentry site ride ftrace
     control_port: str | None = None  # guest tty of a second serial port (warm starts), if any
+    #: C compilers (first found wins) and flags for a static, libc-free guest program (vmprobe-insmod)
+    static_cc: tuple[str, ...] = ("gcc", "gcc-12")
+    static_cflags: tuple[str, ...] = ()
 
     @property
     def is_native(self) -> bool:
@@ -76,7 +79,7 @@ PROFILES = {
         cpu_tcg="max", cpu_kvm="host", console="ttyS0", append=("nopti",),
         gdb_arch="i386", pc_register="eip", flags_register="eflags",
         host_machines=("x86_64", "i686"), cross_compile="i686-linux-gnu-", control_port="ttyS1",
-        sites=X86Sites(bits=32), elf_machine=3, multiarch="i386-linux-gnu", bits=32,
+        sites=X86Sites(bits=32), elf_machine=3, multiarch="i386-linux-gnu", bits=32, static_cflags=("-m32",),
         assembler=("as", "--32"), qemu_package="qemu-system-x86",
         tree_images=("arch/x86/boot/bzImage",), aliases=("i686", "x86_32"),
     ),
@@ -88,6 +91,7 @@ PROFILES = {
         host_machines=("aarch64",), pvpanic_device="pvpanic-pci", devices=("virtio-keyboard-pci",),
         image_kind="Image",
         kbuild_arch="arm64", cross_compile="aarch64-linux-gnu-",
+        static_cc=("aarch64-linux-gnu-gcc", "aarch64-linux-gnu-gcc-12"),
         breakpoint_mechanism=Mechanism.BRK, has_optprobes=False, has_ftrace_probes=False,
         sites=Arm64Sites(), elf_machine=183, multiarch="aarch64-linux-gnu",
         assembler=("aarch64-linux-gnu-as",), qemu_package="qemu-system-arm",

@@ -74,6 +74,11 @@ class SiteDecoder:
         bytes, not from the kernel version: kernels differ in what they put there)."""
         return 0
 
+    def unarmed_guess(self, size: int) -> bytes:
+        """What an unarmed site most likely held when it could not be read before arming
+        (only the fentry site's NOP decides anything on x86; elsewhere nothing is assumed)."""
+        return bytes(size)
+
 
 X86_NOP5 = bytes.fromhex("0f1f440000")
 #: 5-byte NOPs an unarmed fentry site can hold: P6 (6.x), K8 (5.10's ideal_nops), i386 lea
@@ -109,6 +114,9 @@ class X86Sites(SiteDecoder):
         if site in X86_NOP5S or site[:1] == b"\xe8":
             offset += 5
         return offset
+
+    def unarmed_guess(self, size: int) -> bytes:
+        return X86_NOP5.ljust(size, b"\0")
 
 
 ARM64_BRK = bytes.fromhex("800020d4")

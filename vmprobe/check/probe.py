@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from vmprobe.arch import SITE_WINDOW, Mechanism, agrees_with_flags
+from vmprobe.check.any_module import run_any_module
 from vmprobe.check.report import ProbeReport
 from vmprobe.errors import CommandTimeout, GdbError, ModuleLoadError, VmprobeError
 from vmprobe.formats.crash import find_crashes
@@ -39,11 +40,12 @@ SLACK = 16
 @dataclass
 class ProbeOptions:
     symbol: str | None = None          # None: the kernel's fork function
-    offset: int | str = 0              # or "after-entry": past ENDBR and the fentry site
+    offset: int | str | None = 0       # or "after-entry": past ENDBR and the fentry site; None: any (user modules)
     post_handler: bool = True
     trigger: str | None = None         # None: forks
     module_params: str = ""            # extra insmod parameters (user modules)
-    builtin_template: bool = True      # False: a user's module (no nonce lines to count)
+    builtin_template: bool = True      # False: a user's module (its probes are discovered, see any_module)
+    min_hits: int = 1                  # a probe whose handlers ran fewer times fails
     sysrq: bool = True
     registers: bool = True
     settle_timeout: float = 10.0
@@ -97,6 +99,9 @@ def fork_symbol(kernel_release: str, present: dict[str, int]) -> str:
 
 
 class ProbeCheck:
+    # shared with the check of any module (check/any_module.py)
+    KPROBES_LIST, AFTER_ENTRY, SLACK, DEFAULT_TRIGGER = KPROBES_LIST, AFTER_ENTRY, SLACK, DEFAULT_TRIGGER
+
     def __init__(self, machine: Machine, module: Module, options: ProbeOptions, log=None):
         self.m = machine
         self.module = module
@@ -120,6 +125,9 @@ class ProbeCheck:
             yield
         finally:
             self.report.timings[name] = self.report.timings.get(name, 0) + time.monotonic() - t0
+
+    def resolve(self, names: list[str]) -> dict[str, int]:
+        return resolve_symbols(self.m, names)
 
     def _list(self) -> list[ProbeRecord]:
         return parse_debugfs_list(self.m.run(f"cat {KPROBES_LIST}", 15).stdout)
@@ -149,6 +157,9 @@ class ProbeCheck:
 
     def _run(self) -> None:
         r, st, opt = self.report, self.run_state, self.opt
+        if not opt.builtin_template:
+            run_any_module(self)   # a user's module: discover its probes, prove each one
+            return
         with self.phase("resolve"):
             found = resolve_symbols(self.m, [opt.symbol] if opt.symbol else list(FORK_SYMBOLS))
             symbol = opt.symbol or fork_symbol(self.m.kernel.release, found)

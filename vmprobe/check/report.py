@@ -19,6 +19,9 @@ class ProbeReport:
     probe: dict = field(default_factory=dict)
     bytes: dict = field(default_factory=dict)
     hits: int | None = None
+    probes: list[dict] = field(default_factory=list)   # every probe the module registered
+    module: dict = field(default_factory=dict)         # what the module asked for, its kernel lines
+    hits_counter: str | None = None                    # how hits were counted
     registers_at_hit: dict = field(default_factory=dict)
     sysrq: dict = field(default_factory=dict)
     crashes: list[dict] = field(default_factory=list)
@@ -44,6 +47,9 @@ class ProbeReport:
             "probe": self.probe,
             "bytes": self.bytes,
             "hits": self.hits,
+            "hits_counter": self.hits_counter,
+            "probes": self.probes or self._first_probe(),
+            "module": self.module,
             "registers_at_hit": self.registers_at_hit,
             "sysrq": self.sysrq,
             "crashes": self.crashes,
@@ -53,6 +59,16 @@ class ProbeReport:
             "error": self.error,
             "repro": self.repro,
         }
+
+    def _first_probe(self) -> list[dict]:
+        """The built-in module's one probe, in the shape of a ``probes`` entry."""
+        p = self.probe
+        if not p.get("address"):
+            return []
+        return [{"symbol": p.get("symbol"), "offset": p.get("offset"), "address": p.get("address"),
+                 "kind": "kprobe", "mechanism": p.get("mechanism"),
+                 "bytes": {k: self.bytes.get(k, "") for k in ("before", "armed", "after")},
+                 "hits": self.hits, "list_flags": p.get("list_flags")}]
 
     def write_json(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
@@ -66,8 +82,25 @@ class ProbeReport:
             f"  mechanism {p.get('mechanism')}  list flags {p.get('list_flags')}",
             f"  bytes     before {b.get('before', '')[:20]}  armed {b.get('armed', '')[:20]}"
             f"  after {b.get('after', '')[:20]}",
-            f"  hits      {self.hits}   registers at hit {self.registers_at_hit or '-'}",
+            f"  hits      {self.hits}"
+            + (f" ({self.hits_counter})" if self.hits_counter else "")
+            + f"   registers at hit {self.registers_at_hit or '-'}",
         ]
+        if self.probes:
+            lines.append(f"  probes    {len(self.probes)} registered by {self.probe.get('module')}")
+            for e in self.probes:
+                b = e.get("bytes", {})
+                lines.append(f"    {e.get('kind')} {e.get('symbol')}+{e.get('offset'):#x} at {e.get('address')}"
+                             f"  {e.get('mechanism')}  flags {e.get('list_flags')}  hits {e.get('hits')}"
+                             + (f" (entry {e['entry_hits']})" if e.get("entry_hits") is not None else ""))
+                if e.get("description"):
+                    lines.append(f"      {e['description']}")
+                lines.append(f"      bytes before {b.get('before', '')[:16] or '-'}  armed "
+                             f"{b.get('armed', '')[:16]}  after {b.get('after', '')[:16]}")
+        kernel_lines = self.module.get("kernel_lines") or []
+        if kernel_lines:
+            lines.append("  module's kernel lines:")
+            lines.extend(f"    {line}" for line in kernel_lines[-12:])
         for c in self.checks:
             mark = {True: "ok  ", False: "FAIL", None: "skip"}[c.ok]
             lines.append(f"  [{mark}] {c.name}" + (f": {c.detail}" if c.detail else ""))

@@ -25,7 +25,7 @@ REPRO_FORMAT = 1
 BUILTIN = "builtin:vmprobe_fork"
 #: ProbeOptions fields a re-run needs (timeouts are the tool's, not the check's)
 OPTION_FIELDS = ("symbol", "offset", "post_handler", "trigger", "module_params", "builtin_template",
-                 "sysrq", "registers")
+                 "sysrq", "registers", "min_hits")
 
 
 # --------------------------------------------------------------------------

@@ -91,3 +91,65 @@ def dynamic(data: bytes) -> tuple[str | None, list[str]]:
         if tag == 1:  # DT_NEEDED
             needed.append(dynstr[value:dynstr.index(b"\0", value)].decode())
     return interp, needed
+
+
+def _headers(data: bytes):
+    """(name, type, offset, size, link) of each section."""
+    is64 = data[4] == 2
+    end = "<" if data[5] == 1 else ">"
+    if is64:
+        shoff, = struct.unpack_from(end + "Q", data, 0x28)
+        shentsize, shnum, shstrndx = struct.unpack_from(end + "HHH", data, 0x3A)
+        fmt = end + "IIQQQQII"
+    else:
+        shoff, = struct.unpack_from(end + "I", data, 0x20)
+        shentsize, shnum, shstrndx = struct.unpack_from(end + "HHH", data, 0x2E)
+        fmt = end + "IIIIIIII"
+    raw = [struct.unpack_from(fmt, data, shoff + i * shentsize) for i in range(shnum)]
+    names = data[raw[shstrndx][4]:raw[shstrndx][4] + raw[shstrndx][5]]
+    return [(names[h[0]:names.index(b"\0", h[0])].decode(), h[1], h[4], h[5], h[6]) for h in raw]
+
+
+def section_sizes(data: bytes) -> dict[str, int]:
+    """Section name → size (in memory) for every named section."""
+    return {name: size for name, _t, _o, size, _l in _headers(data) if name}
+
+
+def symbols(data: bytes) -> list[tuple[str, str, int, int, str]]:
+    """(name, section, value, size, type) of each named symbol in ``.symtab``; type is
+    ``func``, ``object`` or ``other``. In a relocatable object (a ``.ko``) the value
+    is an offset into its section."""
+    if data[:4] != b"\x7fELF":
+        raise ValueError("not an ELF file")
+    headers = _headers(data)
+    is64, end = data[4] == 2, "<" if data[5] == 1 else ">"
+    symtab = next((h for h in headers if h[1] == 2), None)   # SHT_SYMTAB
+    if symtab is None:
+        return []
+    strtab = headers[symtab[4]]
+    strings = data[strtab[2]:strtab[2] + strtab[3]]
+    fmt = end + ("IBBHQQ" if is64 else "IIIBBH")
+    size = struct.calcsize(fmt)
+    out = []
+    for off in range(symtab[2], symtab[2] + symtab[3] - size + 1, size):
+        if is64:
+            name, info, _other, shndx, value, sym_size = struct.unpack_from(fmt, data, off)
+        else:
+            name, value, sym_size, info, _other, shndx = struct.unpack_from(fmt, data, off)
+        if not name or not 0 < shndx < len(headers):
+            continue
+        kind = {2: "func", 1: "object"}.get(info & 0xF, "other")
+        out.append((strings[name:strings.index(b"\0", name)].decode(errors="replace"),
+                    headers[shndx][0], value, sym_size, kind))
+    return out
+
+
+def strings(data: bytes, prefix: str = ".rodata") -> list[str]:
+    """NUL-separated printable strings in the sections whose names start with ``prefix``."""
+    found = []
+    for name, contents in _sections(data):
+        if name.startswith(prefix):
+            for item in contents.split(b"\0"):
+                if 2 <= len(item) <= 128 and all(32 <= c < 127 for c in item):
+                    found.append(item.decode())
+    return found

@@ -1,0 +1,139 @@
+"""Any module, any probe: real-world module shapes and the mistakes users make, on a real guest.
+
+The modules live in tests/vm/modules/. Each check discovers the probes the
+module registered (kprobes/list before and after a single finit_module),
+proves each one and counts calls into its own handlers.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from vmprobe.errors import ModuleLoadError
+
+pytestmark = pytest.mark.arch("x86_64")
+
+MODULES = Path(__file__).parent / "modules"
+PROBE_KEYS = {"symbol", "offset", "address", "kind", "mechanism", "bytes", "hits", "list_flags"}
+
+
+def _probes_clean(vm) -> None:
+    assert vm.run("cat /sys/kernel/debug/kprobes/list").stdout.strip() == ""
+
+
+def _after_entry(kernel) -> int:
+    """The first instruction after the fentry site: +5, +9 past an IBT ENDBR."""
+    return 9 if kernel.kconfig.get("CONFIG_X86_KERNEL_IBT") == "y" else 5
+
+
+def _well_formed(report) -> dict:
+    d = report.to_dict()
+    assert d["verdict"] == "pass", report.summary()
+    assert d["hits_counter"] == "ftrace-function"
+    for p in d["probes"]:
+        assert PROBE_KEYS <= set(p), p
+        assert set(p["bytes"]) == {"before", "armed", "after"}
+        assert p["bytes"]["armed"] != p["bytes"]["before"]
+        assert p["bytes"]["after"] == p["bytes"]["before"]
+        assert isinstance(p["hits"], int) and p["hits"] >= 1
+    first = d["probes"][0]
+    assert (d["probe"]["symbol"], d["probe"]["address"], d["hits"]) == (first["symbol"], first["address"], first["hits"])
+    assert d["bytes"] == first["bytes"]
+    assert int(d["registers_at_hit"]["pc"], 16) == int(first["address"], 16)
+    assert d["registers_at_hit"]["handler_calls_after_stop"] > 0
+    return d
+
+
+def test_kretprobe_timing_module(vm, probe_check):
+    report = probe_check(MODULES / "kretprobe_timing.c")
+    d = _well_formed(report)
+    (p,) = d["probes"]
+    assert p["kind"] == "kretprobe" and p["list_type"] == "r" and p["symbol"] == "kernel_clone"
+    assert p["handlers"] == {"entry": "entry_handler", "return": "ret_handler"}
+    assert p["data_size"] == 8 and p["maxactive"] == 20
+    assert p["entry_hits"] >= 1 and p["hits"] >= 1
+    assert any("took" in line for line in d["module"]["kernel_lines"])
+    assert "kretprobe kernel_clone+0x0" in report.summary()
+    _probes_clean(vm)
+
+
+def test_register_kprobes_array(vm, kernel, probe_check):
+    off = _after_entry(kernel)
+    report = probe_check(MODULES / "kprobes_array.c", module_params=f"second=do_sys_openat2 second_offset={off}",
+                         trigger="cat /proc/version; /bin/true")
+    d = _well_formed(report)
+    assert [(p["symbol"], p["offset"]) for p in d["probes"]] == [("kernel_clone", 0), ("do_sys_openat2", off)]
+    assert [p["handlers"] for p in d["probes"]] == [{"pre": "pre_fork"},
+                                                    {"pre": "pre_second", "post": "post_second"}]
+    assert d["probes"][1]["mechanism"] == "int3" and d["probes"][1]["list_flags"] == []
+    text = report.summary()
+    assert "kernel_clone+0x0" in text and f"do_sys_openat2+{off:#x}" in text
+    _probes_clean(vm)
+
+
+def test_target_as_module_parameter(vm, probe_check):
+    report = probe_check(MODULES / "param_target.c", module_params="symbol=do_exit", symbol="do_exit")
+    d = _well_formed(report)
+    (p,) = d["probes"]
+    assert p["symbol"] == "do_exit" and p["asserted"]
+    assert p["handlers"] == {"pre": "handler_pre", "post": "handler_post"}
+    assert any("<do_exit> p->addr" in line for line in d["module"]["kernel_lines"])
+    assert d["module"]["registrations"][0]["symbol"] == "do_exit"
+    _probes_clean(vm)
+
+
+def test_post_handler_only(vm, probe_check):
+    report = probe_check(MODULES / "post_only.c")
+    d = _well_formed(report)
+    (p,) = d["probes"]
+    assert p["handlers"] == {"post": "only_post"}
+    assert p["description"].startswith("kprobe with only a post handler")
+    assert d["probe"].get("post_handler") is None     # nothing claimed that the module does not have
+    _probes_clean(vm)
+
+
+@pytest.mark.parametrize("module, params, options, message", [
+    ("typo_symbol.c", "", {"symbol": "vfs_read"},
+     r"^typo_symbol asked for vfsread\+0: symbol vfsread not found in kernel \S+ "
+     r"\(register_kprobe returned -ENOENT\)$"),
+    ("failing_init.c", "", {},
+     r"^failing_init's init failed with -EINVAL \(Invalid argument\); its last kernel lines: "
+     r"failing_init: giving up: no device$"),
+    ("param_target.c", "symbol=kprobe_int3_handler", {},
+     r"^param_target asked for kprobe_int3_handler\+0: kprobe_int3_handler\+0 cannot be probed in kernel "
+     r"\S+: kprobe_int3_handler is on the kprobe blacklist \(0x[0-9a-f]+-0x[0-9a-f]+\) "
+     r"\(register_kprobe returned -EINVAL\)$"),
+    ("param_target.c", "", {"symbol": "vfs_read", "offset": 0},
+     r"^param_target registered no probe at vfs_read\+0 \(--symbol/--offset\): it registered "
+     r"kernel_clone\+0 \(kprobe\); run with --symbol kernel_clone --offset 0, or leave --symbol out$"),
+])
+def test_user_mistakes(vm, probe_check, module, params, options, message):
+    with pytest.raises(ModuleLoadError) as caught:
+        probe_check(MODULES / module, module_params=params, **options)
+    assert re.match(message, caught.value.message), caught.value.message
+    assert Path(module).stem not in vm.run("cat /proc/modules").stdout
+    assert vm.run("cat /sys/kernel/debug/kprobes/list").stdout.strip() == ""
+
+
+def test_failing_init_runs_once(vm, probe_check):
+    mark = vm.console.mark()
+    with pytest.raises(ModuleLoadError):
+        probe_check(MODULES / "failing_init.c")
+    vm.run("true")
+    assert vm.console.count(r"failing_init: giving up", since=mark) == 1
+
+
+def test_cli_lists_every_probe(tmp_path, vmprobe_cli, accel, no_leaks):
+    out = tmp_path / "report.json"
+    res = vmprobe_cli("probe", "--kernel", "debian:bookworm", "--accel", accel, "--module",
+                      str(MODULES / "kprobes_array.c"), "--module-params", "second=kernel_clone second_offset=5",
+                      "--min-hits", "2", "--no-sysrq", "--json", str(out))
+    assert res.returncode == 0, res.stdout + res.stderr
+    d = json.loads(out.read_text())
+    assert len(d["probes"]) == 2 and all(p["hits"] >= 2 for p in d["probes"])
+    assert "probes    2 registered by kprobes_array" in res.stdout
+    assert "kernel_clone+0x0" in res.stdout and "kernel_clone+0x5" in res.stdout
+    assert "planted 2 kprobes" in res.stdout
