@@ -261,7 +261,12 @@ class Supervisor:
             raise
         os.write(ready_fd, json.dumps(json.loads((self.dir / INFO).read_text())).encode() + b"\n")
         os.close(ready_fd)
+        self.last_used = time.time()   # idle from now on, not from the start of the boot
+        checked = time.monotonic()
         while not self.stopping:
+            if time.monotonic() - checked > 1 and self.active == 0 and not self.replace_why:
+                checked = time.monotonic()   # a crash or a dead QEMU between requests
+                self.replace_why = self.unusable()
             if select.select([self.listener], [], [], 0.2)[0]:
                 conn, _ = self.listener.accept()
                 with self.cond:
@@ -318,6 +323,10 @@ class Supervisor:
         except (EOFError, BrokenPipeError, ConnectionResetError):
             pass
         except Exception as exc:  # noqa: BLE001  (the client gets it, rendered)
+            why = self.unusable()
+            if why:  # a crash: the main thread replaces the VM while the client reads the error
+                with self.cond:
+                    self.replace_why = self.replace_why or why
             err = exc if isinstance(exc, VmprobeError) else VmprobeError(f"{type(exc).__name__}: {exc}")
             if not isinstance(exc, VmprobeError):
                 traceback.print_exc()
