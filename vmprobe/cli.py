@@ -5,9 +5,7 @@ import argparse
 import contextlib
 import json
 import os
-import select
 import shlex
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -17,13 +15,15 @@ from typing import TYPE_CHECKING
 from vmprobe.errors import EXIT_CODES, EXIT_INTERRUPTED, VmprobeError
 from vmprobe.host import progress
 from vmprobe.host.processes import install_signal_handlers
+from vmprobe.runs import live_commands
+from vmprobe.runs.live_commands import add_up_down_ls, dry_run_arg, files_args, on_arg
 
 if TYPE_CHECKING:
     from vmprobe.vm.machine import Machine
 
 # The VM machinery (paramiko, QMP, kernels, modules) is imported by the commands that use
 # it: `exec --on`/`shell --on` talk to a live VM's supervisor and need none of it.
-ACCEL_CHOICES = ("auto", "kvm", "tcg")   # vmprobe.vm.accel.CHOICES (tests/unit/test_live.py)
+ACCEL_CHOICES = ("auto", "kvm", "tcg")   # vmprobe.vm.accel.CHOICES (tests/unit/test_live_wire.py)
 AFTER_ENTRY = "after-entry"              # vmprobe.check.probe.AFTER_ENTRY (likewise)
 
 
@@ -63,42 +63,17 @@ def _cold_arg(p: argparse.ArgumentParser) -> None:
                         "KASLR layout and RNG; default $VMPROBE_COLD, else warm)")
 
 
-def _on_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--on", metavar="NAME", help="use the live VM NAME (vmprobe up) instead of starting one")
-
-
-def _files_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--put", action="append", default=[], metavar="LOCAL[:GUEST]",
-                   help="copy a host file into the guest (default GUEST: /tmp/<name>; repeatable)")
-    p.add_argument("--module", type=Path, metavar="FILE.c|DIR|FILE.ko",
-                   help="build a module for the kernel and copy it in (/tmp/<name>.ko); prints the insmod line")
-    p.add_argument("--module-params", default="", help="parameters shown in the insmod line of --module")
-
-
-def _dry_run_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dry-run", action="store_true",
-                   help="print the QEMU command line and the kernel command line; start nothing")
-
-
-def _live_parser() -> argparse.ArgumentParser:
-    """``exec``/``shell`` on a live VM, parsed without importing the VM machinery (fast path)."""
-    parser = argparse.ArgumentParser(prog="vmprobe", exit_on_error=False, add_help=False)
-    sub = parser.add_subparsers(dest="command", required=True)
-    ex = sub.add_parser("exec", exit_on_error=False, add_help=False)
-    sh = sub.add_parser("shell", exit_on_error=False, add_help=False)
-    for p in (ex, sh):
-        p.add_argument("--on", required=True)
-        _files_args(p)
-    ex.add_argument("--timeout", type=float, default=600)
-    ex.add_argument("cmd", nargs=argparse.REMAINDER)
-    return parser
-
-
 def _machine(args, kernel) -> Machine:
     from vmprobe.vm.machine import Machine
     return Machine(kernel, accel=args.accel, smp=args.smp, memory=args.memory,
                    boot_timeout=args.boot_timeout, append=tuple(args.append), warm=not args.cold,
                    log=_log)
+
+
+def _kernel_and_machine(args):
+    from vmprobe.kernels import get_kernel
+    kernel = get_kernel(args.kernel, log=_log)
+    return kernel, _machine(args, kernel)
 
 
 def _verbose(args, machine: Machine) -> Machine:
@@ -137,32 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("exec", help="boot a kernel, run a command in it, exit with its status")
     _machine_args(ex)
     ex.add_argument("--timeout", type=float, default=600, help="seconds the command may run (default 600)")
-    _on_arg(ex)
-    _files_args(ex)
-    _dry_run_arg(ex)
+    on_arg(ex)
+    files_args(ex)
+    dry_run_arg(ex)
     ex.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS…]")
 
     sh = sub.add_parser("shell", help="boot a kernel and open an interactive shell in it")
     _machine_args(sh)
-    _on_arg(sh)
-    _files_args(sh)
-    _dry_run_arg(sh)
+    on_arg(sh)
+    files_args(sh)
+    dry_run_arg(sh)
 
-    up = sub.add_parser("up", help="start a live VM that stays up in the background (see --on)",
-                        description="Restores (or boots) a VM and keeps it running under a small "
-                                    "supervisor process; exec, shell, probe and gdb use it with --on NAME. "
-                                    "It stops after --idle-timeout seconds without a request, or on "
-                                    "vmprobe down NAME.")
-    _machine_args(up)
-    up.add_argument("--name", help="its name (default: from the kernel spec, e.g. bookworm)")
-    up.add_argument("--idle-timeout", type=float, default=1800,
-                    help="seconds without a request before it stops (default 1800)")
-    _dry_run_arg(up)
-    dn = sub.add_parser("down", help="stop live VMs")
-    dn.add_argument("names", nargs="*", help="live VM names")
-    dn.add_argument("--all", action="store_true", help="every live VM")
-    ls = sub.add_parser("ls", help="list the live VMs")
-    ls.add_argument("--json", action="store_true")
+    add_up_down_ls(sub, _machine_args)
 
     pr = sub.add_parser("probe", help="arm a kprobe in a VM and verify it end to end")
     _machine_args(pr)
@@ -179,10 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--expect-mechanism", choices=("int3", "optimized", "ftrace", "brk"),
                     help="fail unless the probe is armed this way")
     pr.add_argument("--json", type=Path, help="write the report as JSON here")
-    _on_arg(pr)
+    on_arg(pr)
     pr.add_argument("--watch", action="store_true",
                     help="with --on: rebuild and check again whenever the module's source changes")
-    _dry_run_arg(pr)
+    dry_run_arg(pr)
 
     gd = sub.add_parser("gdb", help="boot a kernel and attach gdb to it, with its symbols",
                         description="gdb on the guest's gdbstub, with the kernel's symbols (from its "
@@ -199,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     gd.add_argument("-ex", dest="ex", action="append", default=[], metavar="CMD",
                     help="a gdb command to run after attaching (repeatable)")
     gd.add_argument("--timeout", type=float, default=300, help="seconds a --batch gdb may run (default 300)")
-    _on_arg(gd)
+    on_arg(gd)
 
     rp = sub.add_parser("repro", help="re-run the failed checks of a probe or matrix JSON report",
                         description="Boots the report's kernel, builds its module and runs the same "
@@ -290,15 +251,12 @@ def cmd_exec(args) -> int:
         raise SystemExit("vmprobe exec: give a command after --, e.g. vmprobe exec -- uname -r")
     command = cmd[0] if len(cmd) == 1 else shlex.join(cmd)
     if args.on:
-        from vmprobe.runs import live_commands
         return live_commands.exec_on(args, command, _log)
-    from vmprobe.kernels import get_kernel
     from vmprobe.runs import guest_files
-    kernel = get_kernel(args.kernel, log=_log)
+    kernel, machine = _kernel_and_machine(args)
     if args.dry_run:
-        return guest_files.dry_run(_machine(args, kernel))
+        return guest_files.dry_run(machine)
     files = guest_files.prepare(args, kernel, _log)
-    machine = _machine(args, kernel)
     _verbose(args, machine)
     try:
         with machine:
@@ -311,15 +269,12 @@ def cmd_exec(args) -> int:
 
 def cmd_shell(args) -> int:
     if args.on:
-        from vmprobe.runs import live_commands
         return live_commands.shell_on(args, _log)
-    from vmprobe.kernels import get_kernel
     from vmprobe.runs import guest_files
-    kernel = get_kernel(args.kernel, log=_log)
+    kernel, machine = _kernel_and_machine(args)
     if args.dry_run:
-        return guest_files.dry_run(_machine(args, kernel))
+        return guest_files.dry_run(machine)
     files = guest_files.prepare(args, kernel, _log)
-    machine = _machine(args, kernel)
     _verbose(args, machine)
     try:
         with machine:
@@ -331,43 +286,12 @@ def cmd_shell(args) -> int:
 
 
 def _interactive(machine: Machine) -> int:
-    """A shell on a pty in the guest, with the local terminal in raw mode."""
-    import termios
-    import tty
-
-    if not sys.stdin.isatty():  # a script on stdin: feed it to the guest's shell
-        channel = machine.ssh.start("sh -s")
-        channel.sendall(sys.stdin.buffer.read())
-        channel.shutdown_write()
-        return machine.ssh.wait(channel, "sh -s", 3600, stdout=sys.stdout.buffer,
-                                stderr=sys.stderr.buffer).status
-    size = shutil.get_terminal_size()
-    channel = machine.ssh._transport().open_session()
-    channel.get_pty(term=os.environ.get("TERM", "vt100"), width=size.columns, height=size.lines)
-    channel.invoke_shell()
-    saved = termios.tcgetattr(sys.stdin)
-    try:
-        tty.setraw(sys.stdin.fileno())
-        while not channel.exit_status_ready():
-            ready, _, _ = select.select([sys.stdin, channel], [], [], 0.5)
-            if channel in ready:
-                data = channel.recv(65536)
-                if not data:
-                    break
-                os.write(sys.stdout.fileno(), data)
-            if sys.stdin in ready:
-                data = os.read(sys.stdin.fileno(), 1024)
-                if not data:
-                    break
-                channel.sendall(data)
-    finally:
-        termios.tcsetattr(sys.stdin, termios.TCSADRAIN, saved)
-    return channel.recv_exit_status() if channel.exit_status_ready() else 0
+    from vmprobe.runs.guest_files import interactive
+    return interactive(machine)
 
 
 def cmd_probe(args) -> int:
     if args.on:
-        from vmprobe.runs import live_commands
         return live_commands.probe_on(args, _log)
     if args.watch:
         raise SystemExit("vmprobe probe: --watch needs a live VM: vmprobe up, then probe --on NAME --watch")
@@ -436,7 +360,6 @@ def cmd_doctor(args) -> int:
 def cmd_gdb(args) -> int:
     from vmprobe.runs import debugger
     if args.on:
-        from vmprobe.runs import live_commands
         return live_commands.gdb_on(args, _log)
     machines: list[Machine] = []
 
@@ -448,21 +371,6 @@ def cmd_gdb(args) -> int:
     finally:
         for machine in machines:
             _save_console(machine, args.console_log)
-
-
-def cmd_up(args) -> int:
-    from vmprobe.runs import live_commands
-    return live_commands.up(args, _log)
-
-
-def cmd_down(args) -> int:
-    from vmprobe.runs import live_commands
-    return live_commands.down(args, _log)
-
-
-def cmd_ls(args) -> int:
-    from vmprobe.runs import live_commands
-    return live_commands.ls(args, _log)
 
 
 def cmd_repro(args) -> int:
@@ -477,12 +385,13 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] in (["exec"], ["shell"]) and "--on" in argv:
         import io
         with contextlib.suppress(argparse.ArgumentError, SystemExit), contextlib.redirect_stderr(io.StringIO()):
-            args, extra = _live_parser().parse_known_args(argv)
+            args, extra = live_commands.live_parser().parse_known_args(argv)
             args = None if extra else args
     args = args or build_parser().parse_args(argv)
     handler = {"kernels": cmd_kernels, "exec": cmd_exec, "shell": cmd_shell, "probe": cmd_probe,
                "matrix": cmd_matrix, "doctor": cmd_doctor, "gdb": cmd_gdb, "repro": cmd_repro,
-               "up": cmd_up, "down": cmd_down, "ls": cmd_ls}
+               "up": lambda a: live_commands.up(a, _log), "down": lambda a: live_commands.down(a, _log),
+               "ls": lambda a: live_commands.ls(a, _log)}
     try:
         return handler[args.command](args)
     except VmprobeError as exc:

@@ -117,3 +117,41 @@ def dry_run(machine, out=None) -> int:
     for note in notes:
         print(f"note: {note}", file=out)
     return 0
+
+
+def interactive(machine) -> int:
+    """A shell on a pty in the guest, with the local terminal in raw mode."""
+    import os
+    import select
+    import shutil
+    import termios
+    import tty
+
+    if not sys.stdin.isatty():  # a script on stdin: feed it to the guest's shell
+        channel = machine.ssh.start("sh -s")
+        channel.sendall(sys.stdin.buffer.read())
+        channel.shutdown_write()
+        return machine.ssh.wait(channel, "sh -s", 3600, stdout=sys.stdout.buffer,
+                                stderr=sys.stderr.buffer).status
+    size = shutil.get_terminal_size()
+    channel = machine.ssh._transport().open_session()
+    channel.get_pty(term=os.environ.get("TERM", "vt100"), width=size.columns, height=size.lines)
+    channel.invoke_shell()
+    saved = termios.tcgetattr(sys.stdin)
+    try:
+        tty.setraw(sys.stdin.fileno())
+        while not channel.exit_status_ready():
+            ready, _, _ = select.select([sys.stdin, channel], [], [], 0.5)
+            if channel in ready:
+                data = channel.recv(65536)
+                if not data:
+                    break
+                os.write(sys.stdout.fileno(), data)
+            if sys.stdin in ready:
+                data = os.read(sys.stdin.fileno(), 1024)
+                if not data:
+                    break
+                channel.sendall(data)
+    finally:
+        termios.tcsetattr(sys.stdin, termios.TCSADRAIN, saved)
+    return channel.recv_exit_status() if channel.exit_status_ready() else 0

@@ -5,6 +5,7 @@ JSON): no paramiko, no kernels, no QEMU code in the client process.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import select
@@ -17,6 +18,57 @@ from vmprobe.runs import live_client as lc
 from vmprobe.runs.guest_files import parse_put
 
 WATCH_POLL = 0.5
+
+
+# -- the command line's options for live VMs and files --------------------------------
+
+def on_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--on", metavar="NAME", help="use the live VM NAME (vmprobe up) instead of starting one")
+
+
+def files_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--put", action="append", default=[], metavar="LOCAL[:GUEST]",
+                   help="copy a host file into the guest (default GUEST: /tmp/<name>; repeatable)")
+    p.add_argument("--module", type=Path, metavar="FILE.c|DIR|FILE.ko",
+                   help="build a module for the kernel and copy it in (/tmp/<name>.ko); prints the insmod line")
+    p.add_argument("--module-params", default="", help="parameters shown in the insmod line of --module")
+
+
+def dry_run_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the QEMU command line and the kernel command line; start nothing")
+
+
+def live_parser() -> argparse.ArgumentParser:
+    """``exec``/``shell`` on a live VM, parsed without importing the VM machinery (fast path)."""
+    parser = argparse.ArgumentParser(prog="vmprobe", exit_on_error=False, add_help=False)
+    sub = parser.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("exec", exit_on_error=False, add_help=False)
+    sh = sub.add_parser("shell", exit_on_error=False, add_help=False)
+    for p in (ex, sh):
+        p.add_argument("--on", required=True)
+        files_args(p)
+    ex.add_argument("--timeout", type=float, default=600)
+    ex.add_argument("cmd", nargs=argparse.REMAINDER)
+    return parser
+
+
+def add_up_down_ls(sub, machine_args) -> None:
+    up = sub.add_parser("up", help="start a live VM that stays up in the background (see --on)",
+                        description="Restores (or boots) a VM and keeps it running under a small "
+                                    "supervisor process; exec, shell, probe and gdb use it with --on NAME. "
+                                    "It stops after --idle-timeout seconds without a request, or on "
+                                    "vmprobe down NAME.")
+    machine_args(up)
+    up.add_argument("--name", help="its name (default: from the kernel spec, e.g. bookworm)")
+    up.add_argument("--idle-timeout", type=float, default=1800,
+                    help="seconds without a request before it stops (default 1800)")
+    dry_run_arg(up)
+    dn = sub.add_parser("down", help="stop live VMs")
+    dn.add_argument("names", nargs="*", help="live VM names")
+    dn.add_argument("--all", action="store_true", help="every live VM")
+    ls = sub.add_parser("ls", help="list the live VMs")
+    ls.add_argument("--json", action="store_true")
 
 
 def _say_replaced(name: str, end: dict, log) -> None:
@@ -153,7 +205,7 @@ def _source_stamp(source: Path | None) -> tuple:
 
 def up(args, log) -> int:
     from vmprobe.kernels import get_kernel
-    from vmprobe.runs import live
+    from vmprobe.runs import live_daemon as live
     from vmprobe.vm.machine import Machine
     kernel = get_kernel(args.kernel, log=log)
     machine_kw = {"accel": args.accel, "smp": args.smp, "memory": args.memory,
