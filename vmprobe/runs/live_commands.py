@@ -240,3 +240,11 @@ def ls(args, log) -> int:
     else:
         print(lc.format_table(rows))
     return 0
+
+
+def gdb_on(args, log) -> int:
+    """``gdb --on``: not built yet (the live VM's gdbstub is its ``gdb_socket`` in ``vmprobe ls --json``)."""
+    from vmprobe.errors import ConfigError
+    info = lc.require(args.on)
+    raise ConfigError(f"gdb --on is not supported yet; attach by hand: gdb -ex 'target remote "
+                      f"{info['gdb_socket']}' (the guest stops while gdb is attached)")
