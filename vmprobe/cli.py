@@ -5,23 +5,26 @@ import argparse
 import contextlib
 import json
 import os
-import select
 import shlex
-import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from vmprobe import modules
 from vmprobe.arch import Mechanism
-from vmprobe.check.probe import AFTER_ENTRY, ProbeOptions
-from vmprobe.check.run import run_check
 from vmprobe.errors import EXIT_CODES, EXIT_INTERRUPTED, VmprobeError
 from vmprobe.host import progress
 from vmprobe.host.processes import install_signal_handlers
-from vmprobe.kernels import DEFAULT_SPEC, get_kernel, list_kernels
-from vmprobe.vm.accel import CHOICES as ACCEL_CHOICES
-from vmprobe.vm.machine import Machine
+from vmprobe.runs import live_commands
+from vmprobe.runs.live_commands import add_up_down_ls, dry_run_arg, files_args, on_arg
+
+if TYPE_CHECKING:
+    from vmprobe.vm.machine import Machine
+
+# The VM machinery (paramiko, QMP, kernels, modules) is imported by the commands that use
+# it: `exec --on`/`shell --on` talk to a live VM's supervisor and need none of it.
+ACCEL_CHOICES = ("auto", "kvm", "tcg")   # vmprobe.vm.accel.CHOICES (tests/unit/test_live_wire.py)
+AFTER_ENTRY = "after-entry"              # vmprobe.check.probe.AFTER_ENTRY (likewise)
 
 
 def _log(msg: str) -> None:
@@ -38,6 +41,7 @@ def _offset(text: str) -> int | str:
 
 
 def _machine_args(p: argparse.ArgumentParser) -> None:
+    from vmprobe.kernels import DEFAULT_SPEC
     p.add_argument("--kernel", "-k", default=DEFAULT_SPEC,
                    help=f"kernel spec, e.g. debian:bookworm, debian:bookworm/cloud-amd64@6.1.0-56, "
                         f"local:PATH[?build=DIR], built:<key> (default {DEFAULT_SPEC})")
@@ -60,9 +64,16 @@ def _cold_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _machine(args, kernel) -> Machine:
+    from vmprobe.vm.machine import Machine
     return Machine(kernel, accel=args.accel, smp=args.smp, memory=args.memory,
                    boot_timeout=args.boot_timeout, append=tuple(args.append), warm=not args.cold,
                    log=_log)
+
+
+def _kernel_and_machine(args):
+    from vmprobe.kernels import get_kernel
+    kernel = get_kernel(args.kernel, log=_log)
+    return kernel, _machine(args, kernel)
 
 
 def _verbose(args, machine: Machine) -> Machine:
@@ -78,6 +89,8 @@ def _save_console(machine: Machine, path: Path | None) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vmprobe import modules
+    from vmprobe.kernels import DEFAULT_SPEC
     codes = "\n".join(f"  {code:>3}  {name}" for name, code in sorted(EXIT_CODES.items(), key=lambda x: x[1]))
     parser = argparse.ArgumentParser(
         prog="vmprobe", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -99,10 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("exec", help="boot a kernel, run a command in it, exit with its status")
     _machine_args(ex)
     ex.add_argument("--timeout", type=float, default=600, help="seconds the command may run (default 600)")
+    on_arg(ex)
+    files_args(ex)
+    dry_run_arg(ex)
     ex.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS…]")
 
     sh = sub.add_parser("shell", help="boot a kernel and open an interactive shell in it")
     _machine_args(sh)
+    on_arg(sh)
+    files_args(sh)
+    dry_run_arg(sh)
+
+    add_up_down_ls(sub, _machine_args)
 
     pr = sub.add_parser("probe", help="arm a kprobe in a VM and verify it end to end")
     _machine_args(pr)
@@ -123,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--expect-mechanism", choices=[m.value for m in Mechanism if m.armed],
                     help="fail unless the probe is armed this way")
     pr.add_argument("--json", type=Path, help="write the report as JSON here")
+    on_arg(pr)
+    pr.add_argument("--watch", action="store_true",
+                    help="with --on: rebuild and check again whenever the module's source changes")
+    dry_run_arg(pr)
 
     gd = sub.add_parser("gdb", help="boot a kernel and attach gdb to it, with its symbols",
                         description="gdb on the guest's gdbstub, with the kernel's symbols (from its "
@@ -139,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     gd.add_argument("-ex", dest="ex", action="append", default=[], metavar="CMD",
                     help="a gdb command to run after attaching (repeatable)")
     gd.add_argument("--timeout", type=float, default=300, help="seconds a --batch gdb may run (default 300)")
+    on_arg(gd)
 
     rp = sub.add_parser("repro", help="re-run the failed checks of a probe or matrix JSON report",
                         description="Boots the report's kernel, builds its module and runs the same "
@@ -204,6 +230,7 @@ def _check_list(known: tuple[str, ...]):
 
 
 def cmd_kernels(args) -> int:
+    from vmprobe.kernels import get_kernel, list_kernels
     if args.kernels_command == "list":
         rows = list_kernels()
         if args.json:
@@ -227,11 +254,17 @@ def cmd_exec(args) -> int:
     if not cmd:
         raise SystemExit("vmprobe exec: give a command after --, e.g. vmprobe exec -- uname -r")
     command = cmd[0] if len(cmd) == 1 else shlex.join(cmd)
-    kernel = get_kernel(args.kernel, log=_log)
-    machine = _machine(args, kernel)
+    if args.on:
+        return live_commands.exec_on(args, command, _log)
+    from vmprobe.runs import guest_files
+    kernel, machine = _kernel_and_machine(args)
+    if args.dry_run:
+        return guest_files.dry_run(machine)
+    files = guest_files.prepare(args, kernel, _log)
     _verbose(args, machine)
     try:
         with machine:
+            guest_files.copy_in(machine.upload, files, _log)
             result = machine.run(command, args.timeout, stdout=sys.stdout.buffer, stderr=sys.stderr.buffer)
         return result.status
     finally:
@@ -239,11 +272,17 @@ def cmd_exec(args) -> int:
 
 
 def cmd_shell(args) -> int:
-    kernel = get_kernel(args.kernel, log=_log)
-    machine = _machine(args, kernel)
+    if args.on:
+        return live_commands.shell_on(args, _log)
+    from vmprobe.runs import guest_files
+    kernel, machine = _kernel_and_machine(args)
+    if args.dry_run:
+        return guest_files.dry_run(machine)
+    files = guest_files.prepare(args, kernel, _log)
     _verbose(args, machine)
     try:
         with machine:
+            guest_files.copy_in(machine.upload, files, _log)
             _log(f"vmprobe: {kernel.release} is up; exit the shell to stop the VM")
             return _interactive(machine)
     finally:
@@ -251,42 +290,23 @@ def cmd_shell(args) -> int:
 
 
 def _interactive(machine: Machine) -> int:
-    """A shell on a pty in the guest, with the local terminal in raw mode."""
-    import termios
-    import tty
-
-    if not sys.stdin.isatty():  # a script on stdin: feed it to the guest's shell
-        channel = machine.ssh.start("sh -s")
-        channel.sendall(sys.stdin.buffer.read())
-        channel.shutdown_write()
-        return machine.ssh.wait(channel, "sh -s", 3600, stdout=sys.stdout.buffer,
-                                stderr=sys.stderr.buffer).status
-    size = shutil.get_terminal_size()
-    channel = machine.ssh._transport().open_session()
-    channel.get_pty(term=os.environ.get("TERM", "vt100"), width=size.columns, height=size.lines)
-    channel.invoke_shell()
-    saved = termios.tcgetattr(sys.stdin)
-    try:
-        tty.setraw(sys.stdin.fileno())
-        while not channel.exit_status_ready():
-            ready, _, _ = select.select([sys.stdin, channel], [], [], 0.5)
-            if channel in ready:
-                data = channel.recv(65536)
-                if not data:
-                    break
-                os.write(sys.stdout.fileno(), data)
-            if sys.stdin in ready:
-                data = os.read(sys.stdin.fileno(), 1024)
-                if not data:
-                    break
-                channel.sendall(data)
-    finally:
-        termios.tcsetattr(sys.stdin, termios.TCSADRAIN, saved)
-    return channel.recv_exit_status() if channel.exit_status_ready() else 0
+    from vmprobe.runs.guest_files import interactive
+    return interactive(machine)
 
 
 def cmd_probe(args) -> int:
+    if args.on:
+        return live_commands.probe_on(args, _log)
+    if args.watch:
+        raise SystemExit("vmprobe probe: --watch needs a live VM: vmprobe up, then probe --on NAME --watch")
+    from vmprobe import modules
+    from vmprobe.check.probe import ProbeOptions
+    from vmprobe.check.run import run_check
+    from vmprobe.kernels import get_kernel
     kernel = get_kernel(args.kernel, log=_log)
+    if args.dry_run:
+        from vmprobe.runs import guest_files
+        return guest_files.dry_run(_machine(args, kernel))
     t0 = time.monotonic()
     source = args.module or modules.FORK_PROBE
     module = modules.build(source, kernel, log=_log)[0]
@@ -344,6 +364,8 @@ def cmd_doctor(args) -> int:
 
 def cmd_gdb(args) -> int:
     from vmprobe.runs import debugger
+    if args.on:
+        return live_commands.gdb_on(args, _log)
     machines: list[Machine] = []
 
     def make(kernel) -> Machine:
@@ -363,9 +385,18 @@ def cmd_repro(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     install_signal_handlers()
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = None
+    if argv[:1] in (["exec"], ["shell"]) and "--on" in argv:
+        import io
+        with contextlib.suppress(argparse.ArgumentError, SystemExit), contextlib.redirect_stderr(io.StringIO()):
+            args, extra = live_commands.live_parser().parse_known_args(argv)
+            args = None if extra else args
+    args = args or build_parser().parse_args(argv)
     handler = {"kernels": cmd_kernels, "exec": cmd_exec, "shell": cmd_shell, "probe": cmd_probe,
-               "matrix": cmd_matrix, "doctor": cmd_doctor, "gdb": cmd_gdb, "repro": cmd_repro}
+               "matrix": cmd_matrix, "doctor": cmd_doctor, "gdb": cmd_gdb, "repro": cmd_repro,
+               "up": lambda a: live_commands.up(a, _log), "down": lambda a: live_commands.down(a, _log),
+               "ls": lambda a: live_commands.ls(a, _log)}
     try:
         return handler[args.command](args)
     except VmprobeError as exc:

@@ -91,3 +91,31 @@ def test_doctor_fails_and_says_what_to_fix(vmprobe_cli, monkeypatch):
     assert "no kernel can be fetched" in out and "→ check the network or proxy" in out
     assert "warn  kvm" in out and "no cached kernel to test-boot" in out
     assert "test-booting" not in result.stderr
+
+
+def test_doctor_passes_beside_an_unbootable_local_image(vmprobe_cli, monkeypatch, tmp_path):
+    """A newer, unbootable ``local:`` image in the cache: the doctor still test-boots the
+    default kernel, names it, passes, and leaves the cached KVM verdict to that kernel."""
+    from vmprobe.vm import accel as accel_mod
+    real = get_kernel("debian:bookworm")
+    kernels = tmp_path / "kernels"
+    kernels.mkdir()
+    (kernels / real.root.name).symlink_to(real.root)
+    bad = kernels / "local-unbootable"
+    (bad / "root" / "boot").mkdir(parents=True)
+    (bad / "root" / "boot" / "vmlinuz-2.6.11").write_bytes(os.urandom(4096))
+    record = json.loads((real.root / "kernel.json").read_text())
+    record.update(spec="local:/nonexistent/bzImage", release="2.6.11", image="root/boot/vmlinuz-2.6.11",
+                  suite="", flavour="")
+    (bad / "kernel.json").write_text(json.dumps(record))
+    monkeypatch.setenv("VMPROBE_CACHE", str(tmp_path))
+    result = _doctor(vmprobe_cli, "--json")
+    checks = {c["name"]: c for c in json.loads(result.stdout)}
+    assert result.returncode == 0, result.stdout + result.stderr
+    named = checks.get("tcg boot") or checks["kvm"]
+    image = str(real.image_path.relative_to(real.root))
+    assert real.release in named["detail"] and f"{real.root.name}/{image}" in named["detail"], named
+    assert "2.6.11" not in result.stdout
+    verdict = tmp_path / "accel" / accel_mod._verdict_path(PROFILES["amd64"]).name
+    if verdict.exists():
+        assert json.loads(verdict.read_text())["accel"] in ("kvm", "tcg")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from vmprobe.arch import PROFILES, ArchProfile
 from vmprobe.errors import ConfigError, VmprobeError
-from vmprobe.host import cache, progress
+from vmprobe.host import progress
 from vmprobe.vm import accel
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -97,22 +97,36 @@ def check_gdb() -> list[Check]:
 
 
 def _cached_image(profile: ArchProfile) -> tuple[str, Path] | None:
-    """(cache entry name, image) of a cached kernel of the profile's architecture, for test
-    boots (no network)."""
+    """(what it is, image) of a cached kernel of the profile's architecture to test-boot (no
+    network): the catalog's default kernel when cached, else the newest cached catalog
+    (Debian) kernel, else the newest other one (``local:``, ``built:``). The first element
+    names it with its release and image path, for the doctor's output."""
     from vmprobe.config import cache_dir
-    from vmprobe.kernels import Kernel
-    entries = sorted(cache_dir("kernels").glob("*/kernel.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for record in entries:
+    from vmprobe.kernels import DEFAULT_SPEC, Kernel, parse_spec
+    from vmprobe.kernels.catalog import load_catalog
+    want = parse_spec(DEFAULT_SPEC, load_catalog())
+    found = []
+    for record in cache_dir("kernels").glob("*/kernel.json"):
         try:
             data = json.loads(record.read_text())
             if data.get("arch") != profile.debian_arch:
                 continue
             image = Kernel.load(record.parent, verify=False).image_path
+            mtime = record.stat().st_mtime
         except (OSError, ValueError, TypeError, VmprobeError):
             continue
-        if image.is_file():
-            return record.parent.name, image
-    return None
+        if not image.is_file():
+            continue
+        spec = str(data.get("spec", ""))
+        is_default = (spec.startswith("debian:") and data.get("suite") == want.suite
+                      and data.get("flavour") == want.flavour)
+        rank = (0 if is_default else 1 if spec.startswith("debian:") else 2, -mtime)
+        label = f"{spec or record.parent.name} ({data.get('release', '?')}, {image})"
+        found.append((rank, label, image))
+    if not found:
+        return None
+    _, label, image = min(found, key=lambda f: f[0])
+    return label, image
 
 
 def _one_line(text: str) -> str:
@@ -151,17 +165,20 @@ def check_accel(kvm_timeout: float = accel.PROBE_TIMEOUT, log=None) -> list[Chec
             works, why = accel.probe_kvm(profile, image, kvm_timeout)
         why = _one_line(why)
         verdict = "kvm" if works else "tcg"
-        path = accel._verdict_path(profile)
-        with cache.locked(path):   # what `--accel auto` reads: keep it in step with what we saw
-            tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-            tmp.write_text(json.dumps({"accel": verdict, "why": why, "time": time.time()}) + "\n")
-            os.replace(tmp, path)  # readers do not take the lock: never show them half a file
+        conclusive = works or accel.probe_kvm(profile, image, TCG_BOOT_TIMEOUT, accel="tcg")[0]
+        if conclusive:
+            accel.write_verdict(profile, verdict, why)   # what `--accel auto` reads
         if works:
-            kvm = Check("kvm", OK, f"KVM usable: {why}; KVM in use")
-        else:
-            kvm = Check("kvm", WARN, f"KVM unusable: {why}; TCG in use (several times slower)",
+            kvm = Check("kvm", OK, f"KVM usable: {why}; KVM in use (test kernel {entry})")
+        elif conclusive:
+            kvm = Check("kvm", WARN, f"KVM unusable: {why}; TCG in use (several times slower; "
+                                     f"test kernel {entry})",
                         "nothing to do for vmprobe (TCG works); for speed, run on a host whose KVM "
                         "boots guests (bare metal, or a VM with working nested virtualization)")
+        else:
+            kvm = Check("kvm", WARN, f"KVM verdict inconclusive: the test kernel {entry} boots under "
+                                     f"neither KVM nor TCG; TCG in use",
+                        "fetch the default kernel (`vmprobe kernels fetch`) and run `vmprobe doctor` again")
     out = [kvm]
     forced = os.environ.get("VMPROBE_ACCEL", "")
     if forced == "kvm" and verdict == "tcg":
@@ -177,7 +194,7 @@ def check_accel(kvm_timeout: float = accel.PROBE_TIMEOUT, log=None) -> list[Chec
         with progress.status(f"test-booting {entry} under {use.upper()}"):
             works, why = accel.probe_kvm(profile, image, TCG_BOOT_TIMEOUT, accel=use)
         why = _one_line(why)
-        out.append(Check(f"{use} boot", OK if works else FAIL, why,
+        out.append(Check(f"{use} boot", OK if works else FAIL, f"{why} (test kernel {entry})",
                          "" if works else f"see whether {profile.qemu} can boot this kernel by hand"))
     return out
 

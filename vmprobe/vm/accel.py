@@ -3,7 +3,8 @@
 ``/dev/kvm`` can exist while nested KVM hangs right after the kernel's
 decompressor. ``auto`` therefore boots the kernel once under KVM with no root
 filesystem and a deadline: reaching the "no root" panic means KVM works. The
-verdict is cached per host (hostname, host kernel, QEMU version).
+verdict is cached per host (hostname, host kernel, QEMU version) and guest arch, never per
+kernel: a KVM failure is recorded only if the same kernel boots under TCG.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from vmprobe.errors import ConfigError
 from vmprobe.host import cache
 
 PROBE_TIMEOUT = 25.0
+TCG_CONFIRM_TIMEOUT = 90.0
 CHOICES = ("auto", "kvm", "tcg")
 
 
@@ -44,6 +46,16 @@ def kvm_device_usable() -> bool:
 def _verdict_path(profile: ArchProfile) -> Path:
     host = cache.digest(platform.node(), platform.release(), qemu_version(profile.qemu))
     return cache_dir("accel") / f"kvm-{profile.name}-{host}.json"
+
+
+def write_verdict(profile: ArchProfile, verdict: str, why: str) -> Path:
+    """Record the KVM verdict for this host, QEMU and guest arch (atomically: readers take no lock)."""
+    path = _verdict_path(profile)
+    with cache.locked(path):
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"accel": verdict, "why": why, "time": time.time()}) + "\n")
+        os.replace(tmp, path)
+    return path
 
 
 def probe_kvm(profile: ArchProfile, image: Path, timeout: float = PROBE_TIMEOUT,
@@ -96,7 +108,12 @@ def choose_accel(requested: str, profile: ArchProfile, image: Path, log=None) ->
             return json.loads(path.read_text())["accel"]
         ok, why = probe_kvm(profile, image)
         verdict = {"accel": "kvm" if ok else "tcg", "why": why, "time": time.time()}
-        path.write_text(json.dumps(verdict) + "\n")
+        # a KVM failure says something about KVM only if the same kernel boots under TCG:
+        # an odd kernel must not decide the accelerator of every later run
+        if ok or probe_kvm(profile, image, TCG_CONFIRM_TIMEOUT, accel="tcg")[0]:
+            tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+            tmp.write_text(json.dumps(verdict) + "\n")
+            os.replace(tmp, path)
     if log:
         log(f"vmprobe: accel auto → {verdict['accel']} ({why}); cached in {path}")
     return verdict["accel"]
