@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from vmprobe.pytest_plugin.plugin import _qemu_processes
+from vmprobe.pytest_plugin.procscan import qemu_processes as _qemu_processes
 from vmprobe.runs import live_client
 
 FORK = Path(__file__).resolve().parents[2] / "vmprobe" / "modules" / "templates" / "vmprobe_fork.c"
