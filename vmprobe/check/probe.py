@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from vmprobe.arch import SITE_WINDOW, Mechanism, agrees_with_flags
 from vmprobe.check.any_module import run_any_module
 from vmprobe.check.report import ProbeReport
-from vmprobe.errors import CommandTimeout, GdbError, ModuleLoadError, VmprobeError
+from vmprobe.check.symbols import FORK_SYMBOLS, fork_symbol, resolve_symbols
+from vmprobe.errors import CommandTimeout, GdbError, ModuleLoadError, ProbeSiteError, VmprobeError
 from vmprobe.formats.crash import find_crashes
 from vmprobe.formats.kprobes_list import ProbeRecord, parse_debugfs_list
 from vmprobe.host.interrupts import checkpoint
@@ -28,7 +29,6 @@ from vmprobe.modules import Module
 from vmprobe.vm.gdb import Gdb
 from vmprobe.vm.machine import Machine
 
-FORK_SYMBOLS = ("kernel_clone", "_do_fork", "do_fork")
 AFTER_ENTRY = "after-entry"
 DEFAULT_TRIGGER = "for i in 1 2 3 4 5; do /bin/true; done"
 KPROBES_LIST = "/sys/kernel/debug/kprobes/list"
@@ -58,44 +58,6 @@ class _Run:
     address: int = 0          # where the probe really is
     requested: int = 0        # sym + offset as asked
     baseline: bytes = b""     # read at `requested`, SITE_WINDOW + SLACK bytes
-
-
-def resolve_symbols(machine: Machine, names: list[str]) -> dict[str, int]:
-    """Text addresses of ``names`` from /proc/kallsyms, first match each (as
-    kallsyms_lookup_name returns). Reading kallsyms is slow under TCG (≈1 s): a
-    warm machine answers from its snapshot's copy (restores share the layout);
-    the guest is asked only when none of the names is there (e.g. a symbol of a
-    module loaded since)."""
-    names = [n for n in names if re.fullmatch(r"[\w.$]+", n)]
-    if not names:
-        return {}
-    found: dict[str, int] = {}
-    saved = machine.saved_kallsyms()
-    if saved is not None:
-        found = _text_symbols(saved.read_text(errors="replace"), names)
-        if found:
-            return found
-    alternation = "|".join(re.escape(n) for n in names)
-    out = machine.run(f"grep -E ' [tTwW] ({alternation})( |$)' /proc/kallsyms", 30).stdout
-    return _text_symbols(out, names)
-
-
-def _text_symbols(kallsyms: str, names: list[str]) -> dict[str, int]:
-    wanted, found = set(names), {}
-    for line in kallsyms.splitlines():
-        fields = line.split()
-        if (len(fields) >= 3 and fields[2] in wanted and fields[2] not in found
-                and fields[1] in "tTwW"):
-            found[fields[2]] = int(fields[0], 16)
-    return found
-
-
-def fork_symbol(kernel_release: str, present: dict[str, int]) -> str:
-    """The kernel's central fork function among those found in kallsyms."""
-    for name in FORK_SYMBOLS:
-        if name in present:
-            return name
-    raise VmprobeError(f"none of {', '.join(FORK_SYMBOLS)} is in /proc/kallsyms of {kernel_release}")
 
 
 class ProbeCheck:
@@ -187,7 +149,7 @@ class ProbeCheck:
             st.address = self._insmod(symbol)
         moved = st.address - st.requested
         if not 0 <= moved <= SLACK:
-            raise VmprobeError(f"the kernel armed {symbol}+{self.offset} at {st.address:#x}, "
+            raise ProbeSiteError(f"the kernel armed {symbol}+{self.offset} at {st.address:#x}, "
                                f"{moved:+d} bytes from {st.requested:#x}: outside what was read before")
         baseline = st.baseline[moved:moved + SITE_WINDOW]
         r.probe.update({"address": f"{st.address:#x}", "requested_address": f"{st.requested:#x}",

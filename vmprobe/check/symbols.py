@@ -1,0 +1,49 @@
+"""Kernel symbols as the probe check needs them: text addresses from /proc/kallsyms, and
+which of the fork functions this kernel has (``do_fork`` until 4.x, ``_do_fork``, then
+``kernel_clone`` from 5.10)."""
+from __future__ import annotations
+
+import re
+
+from vmprobe.errors import ProbeSiteError
+from vmprobe.vm.machine import Machine
+
+FORK_SYMBOLS = ("kernel_clone", "_do_fork", "do_fork")
+
+
+def resolve_symbols(machine: Machine, names: list[str]) -> dict[str, int]:
+    """Text addresses of ``names`` from /proc/kallsyms, first match each (as
+    kallsyms_lookup_name returns). Reading kallsyms is slow under TCG (≈1 s): a
+    warm machine answers from its snapshot's copy (restores share the layout);
+    the guest is asked only when none of the names is there (e.g. a symbol of a
+    module loaded since)."""
+    names = [n for n in names if re.fullmatch(r"[\w.$]+", n)]
+    if not names:
+        return {}
+    found: dict[str, int] = {}
+    saved = machine.saved_kallsyms()
+    if saved is not None:
+        found = _text_symbols(saved.read_text(errors="replace"), names)
+        if found:
+            return found
+    alternation = "|".join(re.escape(n) for n in names)
+    out = machine.run(f"grep -E ' [tTwW] ({alternation})( |$)' /proc/kallsyms", 30).stdout
+    return _text_symbols(out, names)
+
+
+def _text_symbols(kallsyms: str, names: list[str]) -> dict[str, int]:
+    wanted, found = set(names), {}
+    for line in kallsyms.splitlines():
+        fields = line.split()
+        if (len(fields) >= 3 and fields[2] in wanted and fields[2] not in found
+                and fields[1] in "tTwW"):
+            found[fields[2]] = int(fields[0], 16)
+    return found
+
+
+def fork_symbol(kernel_release: str, present: dict[str, int]) -> str:
+    """The kernel's central fork function among those found in kallsyms."""
+    for name in FORK_SYMBOLS:
+        if name in present:
+            return name
+    raise ProbeSiteError(f"none of {', '.join(FORK_SYMBOLS)} is in /proc/kallsyms of {kernel_release}")
