@@ -27,6 +27,8 @@ class ProbeReport:
     machine: dict = field(default_factory=dict)
     error: str | None = None
     repro: dict = field(default_factory=dict)   # inputs to run the same check again (vmprobe repro)
+    scenario: dict = field(default_factory=dict)  # a scenario's name and evidence (check/scenarios/)
+    skipped: str | None = None   # why the check could not apply to this kernel (verdict "skip")
 
     def check(self, name: str, ok: bool | None, detail: str = "") -> bool:
         self.checks.append(Check(name, ok, detail))
@@ -35,7 +37,7 @@ class ProbeReport:
     @property
     def verdict(self) -> str:
         failed = any(c.ok is False for c in self.checks) or self.crashes or self.error
-        return "fail" if failed else "pass"
+        return "fail" if failed else "skip" if self.skipped else "pass"
 
     def to_dict(self) -> dict:
         return {
@@ -52,6 +54,8 @@ class ProbeReport:
             "machine": self.machine,
             "error": self.error,
             "repro": self.repro,
+            **({"scenario": self.scenario} if self.scenario else {}),
+            **({"skipped": self.skipped} if self.skipped else {}),
         }
 
     def write_json(self, path: Path) -> None:
@@ -66,8 +70,13 @@ class ProbeReport:
             f"  mechanism {p.get('mechanism')}  list flags {p.get('list_flags')}",
             f"  bytes     before {b.get('before', '')[:20]}  armed {b.get('armed', '')[:20]}"
             f"  after {b.get('after', '')[:20]}",
-            f"  hits      {self.hits}   registers at hit {self.registers_at_hit or '-'}",
         ]
+        if not self.scenario:   # a scenario's own figures are in its evidence lines
+            lines.append(f"  hits      {self.hits}   registers at hit {self.registers_at_hit or '-'}")
+        if self.scenario:
+            lines.append(f"  scenario  {self.scenario.get('name')}: {self.scenario.get('claim', '')}")
+            for side, what in self.scenario.get("evidence", {}).items():
+                lines.append(f"  evidence  {side}: {what}")
         for c in self.checks:
             mark = {True: "ok  ", False: "FAIL", None: "skip"}[c.ok]
             lines.append(f"  [{mark}] {c.name}" + (f": {c.detail}" if c.detail else ""))
