@@ -71,3 +71,14 @@ def test_cli_skip_exits_0(tmp_path, vmprobe_cli, accel, no_leaks):
     assert "SKIP" in res.stdout and "removed in 5.14" in res.stdout
     d = json.loads(out.read_text())
     assert d["verdict"] == "skip" and d["scenario"]["name"] == "fault-handler"
+
+
+def test_modify_data(vm, probe_check):
+    report = probe_check(scenario="modify-data")
+    d = report.to_dict()
+    assert d["verdict"] == "pass", report.summary()
+    s = d["scenario"]
+    assert s["seen"] == s["gdb"] == s["value"] != s["original"]       # /proc and gdb: the new name
+    assert s["after"] == s["gdb_after"] == s["original"]              # both: the old one after rmmod
+    assert s["hits"] >= 1
+    _clean(vm)
