@@ -82,3 +82,30 @@ def test_modify_data(vm, probe_check):
     assert s["after"] == s["gdb_after"] == s["original"]              # both: the old one after rmmod
     assert s["hits"] >= 1
     _clean(vm)
+
+
+def _smp_consistent(d: dict, cpus: int) -> None:
+    s = d["scenario"]
+    per_cpu = {int(c): n for c, n in s["hits_per_cpu"].items()}   # JSON keys are strings
+    assert sorted(per_cpu) == list(range(cpus)) and all(n > 0 for n in per_cpu.values())
+    assert sum(per_cpu.values()) == s["atomic"] and 0 <= s["plain"] <= s["atomic"]
+    assert s["lost_updates"] == s["atomic"] - s["plain"] and s["nmissed"] >= 0   # whatever they are
+    assert s["gdb_snapshot"]["atomic"] <= s["atomic"]
+
+
+def test_smp_two_cpus_from_the_cli(tmp_path, vmprobe_cli, accel, no_leaks):
+    out = tmp_path / "smp.json"
+    res = vmprobe_cli("probe", "--kernel", "debian:bookworm", "--accel", accel, "--scenario", "smp",
+                      "--json", str(out), timeout=400)
+    d = json.loads(out.read_text())
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert d["verdict"] == "pass" and d["machine"]["smp"] == 2          # the scenario's default
+    _smp_consistent(json.loads(json.dumps(d)), 2)
+
+
+def test_smp_from_the_plugin(vm, probe_check):
+    report = probe_check(scenario="smp")
+    d = json.loads(json.dumps(report.to_dict()))
+    assert d["verdict"] == "pass", report.summary()
+    _smp_consistent(d, vm.smp)
+    _clean(vm)
