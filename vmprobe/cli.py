@@ -165,8 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     mx.add_argument("--kernels", type=_spec_list, default=None,
                     help="comma-separated kernel specs (default: every suite in the catalog, "
                          "plus the i386 and arm64 flavours marked matrix = true)")
-    mx.add_argument("--checks", type=_check_list(CHECK_NAMES), default=list(CHECK_NAMES),
-                    help=f"comma-separated checks to run (default {','.join(CHECK_NAMES)})")
+    mx.add_argument("--checks", type=_check_list(CHECK_NAMES), default=None,
+                    help=f"comma-separated checks to run (default {','.join(CHECK_NAMES)}, "
+                         f"none with --scenarios)")
+    from vmprobe.check.scenarios import SCENARIOS
+    mx.add_argument("--scenarios", type=_check_list(tuple(SCENARIOS)), default=[],
+                    help=f"comma-separated built-in scenarios to run too ({','.join(SCENARIOS)})")
     mx.add_argument("--jobs", "-j", type=int, default=None,
                     help="kernels tested at once, each in a worker process (default: CPUs, at most "
                          "the number of kernels)")
@@ -174,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     mx.add_argument("--junit", type=Path, help="write JUnit XML here (a test case per kernel and check)")
     mx.add_argument("--accel", choices=ACCEL_CHOICES, default=os.environ.get("VMPROBE_ACCEL", "auto"),
                     help="kvm, tcg, or auto: KVM only if a real test boot works (default auto)")
-    mx.add_argument("--smp", type=int, default=1, help="guest CPUs (default 1)")
+    mx.add_argument("--smp", type=int, default=None,
+                    help="guest CPUs (default 1, or the most a chosen scenario wants: smp 2)")
     mx.add_argument("--memory", default="1G", help="guest memory (default 1G)")
     mx.add_argument("--boot-timeout", type=float, default=120, help="seconds to reach READY (default 120)")
     _cold_arg(mx)
@@ -327,7 +332,13 @@ def cmd_matrix(args) -> int:
     for spec in specs:
         parse_spec(spec, catalog)  # a bad spec fails here (exit 64), before any VM starts
     jobs = args.jobs or min(len(specs), os.cpu_count() or 1)
-    machine_kw = {"accel": args.accel, "smp": args.smp, "memory": args.memory,
+    from vmprobe.check.run import CHECK_NAMES
+    from vmprobe.check.scenarios import default_smp
+    if args.checks is None:
+        args.checks = [] if args.scenarios else list(CHECK_NAMES)
+    args.checks = args.checks + args.scenarios
+    smp = args.smp or max([1, *(default_smp(n) for n in args.scenarios)])
+    machine_kw = {"accel": args.accel, "smp": smp, "memory": args.memory,
                   "boot_timeout": args.boot_timeout, "warm": not args.cold}
     _log(f"vmprobe matrix: {len(specs)} kernel(s) × {', '.join(args.checks)} with {jobs} worker(s)")
     os.environ.setdefault("VMPROBE_PROGRESS", "0")  # parallel workers would draw over each other

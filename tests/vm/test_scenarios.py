@@ -109,3 +109,16 @@ def test_smp_from_the_plugin(vm, probe_check):
     assert d["verdict"] == "pass", report.summary()
     _smp_consistent(d, vm.smp)
     _clean(vm)
+
+
+def test_matrix_scenarios(tmp_path, vmprobe_cli, accel, no_leaks):
+    out = tmp_path / "m.json"
+    res = vmprobe_cli("matrix", "--kernels", "debian:bookworm", "--accel", accel,
+                      "--scenarios", "modify-register,fault-handler", "--json", str(out), timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.split()[:5] == ["KERNEL", "RELEASE", "BOOT", "modify-register", "fault-handler"]
+    data = json.loads(out.read_text())
+    (k,) = data["kernels"]
+    verdicts = {c["name"]: c["verdict"] for c in k["checks"]}
+    assert verdicts == {"modify-register": "pass", "fault-handler": "skip"}
+    assert k["checks"][0]["repro"]["scenario"] == "modify-register"
