@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
-from vmprobe.check.run import run_check
+import pytest
+
 from vmprobe.check.probe import ProbeOptions
+from vmprobe.check.run import run_check
 from vmprobe.check.scenarios import eras
 from vmprobe.kernels import get_kernel
 from vmprobe.vm.machine import Machine
@@ -122,3 +124,25 @@ def test_matrix_scenarios(tmp_path, vmprobe_cli, accel, no_leaks):
     verdicts = {c["name"]: c["verdict"] for c in k["checks"]}
     assert verdicts == {"modify-register": "pass", "fault-handler": "skip"}
     assert k["checks"][0]["repro"]["scenario"] == "modify-register"
+
+
+@pytest.mark.parametrize("spec", [pytest.param("debian:bookworm/686", id="i386"),
+                                  pytest.param("debian:bookworm/arm64", id="arm64", marks=pytest.mark.slow)])
+def test_scenarios_on_other_arches(spec, accel, no_leaks):
+    """modify-register, modify-data and smp under the arch's own registers, in one 2-CPU guest."""
+    kernel = get_kernel(spec)
+    with Machine(kernel, accel=accel, smp=2) as vm:
+        for name in ("modify-register", "modify-data", "smp"):
+            run = run_check(vm, None, ProbeOptions(), scenario=name)
+            assert run.error is None, run.error
+            d = json.loads(json.dumps(run.report.to_dict()))
+            assert d["verdict"] == "pass", run.report.summary()
+            s = d["scenario"]
+            if name == "modify-register":
+                assert int(d["registers_at_hit"][vm.profile.return_register], 16) == s["value"]
+                assert s["seen"] == str(s["value"]) and s["after"] == s["real"]
+            elif name == "modify-data":
+                assert s["seen"] == s["gdb"] == s["value"] and s["after"] == s["gdb_after"] == s["original"]
+            else:
+                _smp_consistent(d, 2)
+        _clean(vm)
