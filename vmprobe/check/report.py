@@ -65,15 +65,16 @@ class ProbeReport:
         p, b = self.probe, self.bytes
         lines = [
             f"vmprobe probe: {self.verdict.upper()}  kernel {self.kernel.get('release')} "
-            f"({self.kernel.get('arch')}, {self.machine.get('accel')})",
-            f"  probe     {p.get('symbol')}+{p.get('offset')} at {p.get('address')}"
-            f"  mechanism {p.get('mechanism')}  list flags {p.get('list_flags')}",
-            f"  bytes     before {b.get('before', '')[:20]}  armed {b.get('armed', '')[:20]}"
-            f"  after {b.get('after', '')[:20]}",
-        ]
+            f"({self.kernel.get('arch')}, {self.machine.get('accel')})"]
+        if p:
+            flags = "" if self.scenario else f"  list flags {p.get('list_flags')}"
+            lines += [f"  probe     {p.get('symbol')}+{p.get('offset')} at {p.get('address')}"
+                      f"  mechanism {p.get('mechanism')}{flags}",
+                      f"  bytes     before {b.get('before', '')[:20]}  armed {b.get('armed', '')[:20]}"
+                      f"  after {b.get('after', '')[:20]}"]
         if not self.scenario:   # a scenario's own figures are in its evidence lines
             lines.append(f"  hits      {self.hits}   registers at hit {self.registers_at_hit or '-'}")
-        if self.scenario:
+        else:
             lines.append(f"  scenario  {self.scenario.get('name')}: {self.scenario.get('claim', '')}")
             for side, what in self.scenario.get("evidence", {}).items():
                 lines.append(f"  evidence  {side}: {what}")

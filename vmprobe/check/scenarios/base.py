@@ -68,8 +68,8 @@ class ScenarioCheck:
         r.machine = {"accel": self.m.accel, "smp": self.m.smp, "qemu": " ".join(self.m.command_line)}
         why = eras.missing(k.release, self.spec.needs)
         if why:
-            r.skipped = f"scenario {self.spec.name} does not apply: {why}"
-            r.check(f"{self.spec.name} applies to this kernel", None, r.skipped)
+            r.skipped = f"{self.spec.name} does not apply: {why}"
+            r.check(f"{self.spec.name} applies to this kernel", None, why)
             return r
         self._start_mark = self.m.console.mark()
         try:

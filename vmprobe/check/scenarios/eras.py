@@ -26,12 +26,10 @@ class Quirk:
 
 QUIRKS = {q.name: q for q in (
     Quirk("fault_handler", None, (5, 14),
-          "struct kprobe has .fault_handler (removed in 5.14 by ec6aba3d2be1 "
+          "struct kprobe.fault_handler (removed in 5.14 by ec6aba3d2be1 "
           "\"kprobes: Remove kprobe::fault_handler\")"),
-    Quirk("kretprobe_rethook", (6, 0), None,
-          "kretprobes return through rethook (get_kretprobe_retaddr); before, kretprobe_instance.ret_addr"),
     Quirk("syscall_wrappers", (4, 17), None,
-          "system calls are entered through pt_regs wrappers (__x64_sys_*, __ia32_sys_*, __arm64_sys_*)"),
+          "pt_regs system-call wrappers (__x64_sys_*, __ia32_sys_*, __arm64_sys_*)"),
 )}
 
 
@@ -53,5 +51,5 @@ def missing(release: str, needs: tuple[str, ...]) -> str | None:
     for name in needs:
         quirk = QUIRKS[name]
         if not quirk.holds(version):
-            return f"kernel {release} lacks it: {quirk.about}"
+            return f"kernel {release} has no {quirk.about}"
     return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import secrets
 
+from vmprobe.check.scenarios import eras
 from vmprobe.check.scenarios.base import ScenarioCheck
 
 BIN = "/tmp/vmprobe-scenario"
@@ -20,7 +21,8 @@ COMMAND = f"{BIN}/id -u"    # comm "id": the module rewrites only for this name
 class ModifyRegister(ScenarioCheck):
     def _run(self) -> None:
         r, p = self.report, self.m.profile
-        symbol = self.symbol_among([f"{p.syscall_prefix}geteuid" if p.syscall_prefix else "", "sys_geteuid"])
+        wrapped = eras.has(self.m.kernel.release, "syscall_wrappers") and p.syscall_prefix
+        symbol = self.symbol_among([f"{p.syscall_prefix}geteuid"] if wrapped else ["sys_geteuid"])
         value = 1000 + secrets.randbelow(50000)
         self.sh(f"mkdir -p {BIN} && ln -sf /bin/busybox {BIN}/id")
         with self.phase("before"):
