@@ -65,3 +65,26 @@ def test_scenario_on_a_kernel_without_the_field_skips_without_touching_the_guest
     assert report.verdict == "skip"
     assert "6.1.0-57-cloud-amd64" in report.skipped and "fault_handler" in report.skipped
     assert [c.ok for c in report.checks] == [None]
+
+
+def test_probe_check_fixture_refuses_options_with_a_scenario():
+    from vmprobe.pytest_plugin.probes import ProbeChecker
+    checker = ProbeChecker(None, None, None, lambda report: None)   # no VM: refused before it is used
+    with pytest.raises(TypeError, match="takes no module or options"):
+        checker(scenario="smp", offset=5)
+    with pytest.raises(ValueError, match="no scenario 'nope'"):
+        checker(scenario="nope")
+
+
+def test_cli_knows_the_scenarios():
+    from vmprobe.cli import build_parser
+    parser = build_parser()
+    args = parser.parse_args(["probe", "--scenario", "smp"])
+    assert args.scenario == "smp" and args.smp is None       # the scenario's default applies (2)
+    assert parser.parse_args(["probe"]).scenario == "fork"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["probe", "--scenario", "nope"])
+    m = parser.parse_args(["matrix", "--scenarios", "modify-data,smp"])
+    assert m.scenarios == ["modify-data", "smp"] and m.checks is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["matrix", "--scenarios", "fork"])
