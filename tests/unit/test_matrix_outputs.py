@@ -52,3 +52,21 @@ def test_junit_text_is_always_valid_xml():
     text = "".join(chr(i) for i in range(0, 0x2000)) + "\ud800\ufffe\U0001f600"
     element = junit.to_element("s", [junit.TestCase("c", "n", status="error", message=text, system_out=text)])
     ET.fromstring(ET.tostring(element))
+
+
+def test_a_skipped_scenario_is_not_a_failure(tmp_path):
+    skipped = {"name": "fault-handler", "verdict": "skip", "mechanism": None, "hits": None, "time": 0.0,
+               "error": None, "summary": "", "console_tail": "",
+               "report": {"verdict": "skip", "checks": [], "skipped": "kernel 6.1 lacks it: removed in 5.14"}}
+    run = matrix.MatrixRun(["debian:bookworm"], ["fault-handler"], jobs=1, machine_kw={})
+    run.results = {"debian:bookworm": {"spec": "debian:bookworm", "kernel": {"release": "6.1.0-57-cloud-amd64"},
+                                       "error": None, "timings": {"boot": 4.0}, "checks": [skipped],
+                                       "console_tail": ""}}
+    m = run.assemble(10.0)
+    assert m["verdict"] == "pass"
+    table = matrix.format_table(m)
+    assert "skip - 0.0s" in table and "0/1 checks passed (1 skipped: not for that kernel)" in table
+    matrix.write_junit(m, tmp_path / "m.xml")
+    suite = ET.parse(tmp_path / "m.xml").getroot().find("testsuite")
+    assert (suite.get("failures"), suite.get("errors"), suite.get("skipped")) == ("0", "0", "1")
+    assert "removed in 5.14" in suite.find("testcase").find("skipped").get("message")

@@ -44,6 +44,8 @@ class ArchProfile:
     #: C compilers (first found wins) and flags for a static, libc-free guest program (vmprobe-insmod)
     static_cc: tuple[str, ...] = ("gcc", "gcc-12")
     static_cflags: tuple[str, ...] = ()
+    return_register: str = ""        # gdb's name of the register a function returns its value in
+    syscall_prefix: str = ""         # the arch's syscall wrapper prefix in kallsyms (4.17+ x86, arm64)
 
     @property
     def is_native(self) -> bool:
@@ -73,6 +75,7 @@ PROFILES = {
         sites=X86Sites(bits=64), elf_machine=62, multiarch="x86_64-linux-gnu",
         assembler=("as", "--64"), qemu_package="qemu-system-x86",
         tree_images=("arch/x86/boot/bzImage",), kernel_build_arch="x86_64", aliases=("x86-64", "x64"),
+        return_register="rax", syscall_prefix="__x64_sys_",
     ),
     "i386": ArchProfile(
         name="i386", debian_arch="i386", qemu="qemu-system-i386", machine="pc",
@@ -82,6 +85,7 @@ PROFILES = {
         sites=X86Sites(bits=32), elf_machine=3, multiarch="i386-linux-gnu", bits=32, static_cflags=("-m32",),
         assembler=("as", "--32"), qemu_package="qemu-system-x86",
         tree_images=("arch/x86/boot/bzImage",), aliases=("i686", "x86_32"),
+        return_register="eax", syscall_prefix="__ia32_sys_",
     ),
     "arm64": ArchProfile(
         name="aarch64", debian_arch="arm64", qemu="qemu-system-aarch64", machine="virt",
@@ -96,6 +100,7 @@ PROFILES = {
         sites=Arm64Sites(), elf_machine=183, multiarch="aarch64-linux-gnu",
         assembler=("aarch64-linux-gnu-as",), qemu_package="qemu-system-arm",
         tree_images=("arch/arm64/boot/Image", "arch/arm64/boot/Image.gz"),
+        return_register="x0", syscall_prefix="__arm64_sys_",
     ),
 }
 

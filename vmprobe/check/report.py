@@ -30,6 +30,8 @@ class ProbeReport:
     machine: dict = field(default_factory=dict)
     error: str | None = None
     repro: dict = field(default_factory=dict)   # inputs to run the same check again (vmprobe repro)
+    scenario: dict = field(default_factory=dict)  # a scenario's name and evidence (check/scenarios/)
+    skipped: str | None = None   # why the check could not apply to this kernel (verdict "skip")
 
     def check(self, name: str, ok: bool | None, detail: str = "") -> bool:
         self.checks.append(Check(name, ok, detail))
@@ -38,7 +40,7 @@ class ProbeReport:
     @property
     def verdict(self) -> str:
         failed = any(c.ok is False for c in self.checks) or self.crashes or self.error
-        return "fail" if failed else "pass"
+        return "fail" if failed else "skip" if self.skipped else "pass"
 
     def to_dict(self) -> dict:
         return {
@@ -58,6 +60,8 @@ class ProbeReport:
             "machine": self.machine,
             "error": self.error,
             "repro": self.repro,
+            **({"scenario": self.scenario} if self.scenario else {}),
+            **({"skipped": self.skipped} if self.skipped else {}),
         }
 
     def _first_probe(self) -> list[dict]:
@@ -77,15 +81,20 @@ class ProbeReport:
         p, b = self.probe, self.bytes
         lines = [
             f"vmprobe probe: {self.verdict.upper()}  kernel {self.kernel.get('release')} "
-            f"({self.kernel.get('arch')}, {self.machine.get('accel')})",
-            f"  probe     {p.get('symbol')}+{p.get('offset')} at {p.get('address')}"
-            f"  mechanism {p.get('mechanism')}  list flags {p.get('list_flags')}",
-            f"  bytes     before {b.get('before', '')[:20]}  armed {b.get('armed', '')[:20]}"
-            f"  after {b.get('after', '')[:20]}",
-            f"  hits      {self.hits}"
-            + (f" ({self.hits_counter})" if self.hits_counter else "")
-            + f"   registers at hit {self.registers_at_hit or '-'}",
-        ]
+            f"({self.kernel.get('arch')}, {self.machine.get('accel')})"]
+        if p:
+            flags = "" if self.scenario else f"  list flags {p.get('list_flags')}"
+            lines += [f"  probe     {p.get('symbol')}+{p.get('offset')} at {p.get('address')}"
+                      f"  mechanism {p.get('mechanism')}{flags}",
+                      f"  bytes     before {b.get('before', '')[:20]}  armed {b.get('armed', '')[:20]}"
+                      f"  after {b.get('after', '')[:20]}"]
+        if not self.scenario:   # a scenario's own figures are in its evidence lines
+            lines.append(f"  hits      {self.hits}" + (f" ({self.hits_counter})" if self.hits_counter else "")
+                         + f"   registers at hit {self.registers_at_hit or '-'}")
+        else:
+            lines.append(f"  scenario  {self.scenario.get('name')}: {self.scenario.get('claim', '')}")
+            for side, what in self.scenario.get("evidence", {}).items():
+                lines.append(f"  evidence  {side}: {what}")
         if self.probes:
             lines.append(f"  probes    {len(self.probes)} registered by {self.probe.get('module')}")
             for e in self.probes:

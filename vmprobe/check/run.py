@@ -16,6 +16,7 @@ from pathlib import Path
 from vmprobe.arch import PROFILES, Mechanism
 from vmprobe.check.probe import AFTER_ENTRY, ProbeCheck, ProbeOptions
 from vmprobe.check.report import ProbeReport
+from vmprobe.check.scenarios import get_scenario
 from vmprobe.errors import VmprobeError
 from vmprobe.host import cache
 from vmprobe.modules import FORK_PROBE, Module, source_files
@@ -97,22 +98,35 @@ def is_builtin(source: Path | None) -> bool:
 def repro_inputs(machine: Machine, module: Module, source: Path | None, options: ProbeOptions,
                  expect_mechanism: str | None = None) -> dict:
     """The ``repro`` block of a report: everything needed to run the same check again."""
-    k = machine.kernel
     builtin = is_builtin(source)
     src = FORK_PROBE if builtin else Path(source).resolve()
     return {
         "format": REPRO_FORMAT,
-        "kernel": {"spec": k.spec, "release": k.release, "version": k.version, "arch": k.arch,
-                   "packages": k.packages, "image_sha256": k.image_sha256},
+        "kernel": _kernel_block(machine.kernel),
         "module": {"source": BUILTIN if builtin else str(src), "sha256": source_digest(src),
                    "name": module.name, "ko_sha256": cache.sha256_file(module.path)},
         "options": {name: getattr(options, name) for name in OPTION_FIELDS},
         "expect_mechanism": expect_mechanism,
-        "machine": {"accel": machine.accel, "requested_accel": machine.requested_accel,
-                    "smp": machine.smp, "memory": machine.memory,
-                    "append": list(machine.extra_append), "boot_timeout": machine.boot_timeout,
-                    "warm": getattr(machine, "warm", None)},   # restored from a saved state
+        "machine": _machine_block(machine),
     }
+
+
+def _kernel_block(k) -> dict:
+    return {"spec": k.spec, "release": k.release, "version": k.version, "arch": k.arch,
+            "packages": k.packages, "image_sha256": k.image_sha256}
+
+
+def _machine_block(machine: Machine) -> dict:
+    return {"accel": machine.accel, "requested_accel": machine.requested_accel,
+            "smp": machine.smp, "memory": machine.memory,
+            "append": list(machine.extra_append), "boot_timeout": machine.boot_timeout,
+            "warm": getattr(machine, "warm", None)}   # restored from a saved state
+
+
+def scenario_repro(machine: Machine, name: str) -> dict:
+    """The ``repro`` block of a scenario's report: the scenario names its module and steps."""
+    return {"format": REPRO_FORMAT, "scenario": name, "kernel": _kernel_block(machine.kernel),
+            "module": {}, "options": {}, "expect_mechanism": None, "machine": _machine_block(machine)}
 
 
 # --------------------------------------------------------------------------
@@ -134,18 +148,26 @@ class CheckRun:
         return "error" if self.error else self.report.verdict
 
 
-def run_check(machine: Machine, module: Module, options: ProbeOptions, *, source: Path | None = None,
+def run_check(machine: Machine, module: Module | None, options: ProbeOptions, *, source: Path | None = None,
               expect_mechanism: str | None = None, build_seconds: float | None = None, log=None,
-              on_start=None) -> CheckRun:
+              on_start=None, scenario: str | None = None) -> CheckRun:
     """Run the probe check on a booted ``machine``; vmprobe's errors are kept in the result.
 
     ``source`` is the module's source as the user named it (None: the built-in
     template), for the repro block. ``on_start(check)`` is called before the
     check runs (the pytest plugin keeps the report for failure artefacts).
+    ``scenario`` names a built-in scenario (``check/scenarios/``; None or
+    ``fork``: the probe check); a scenario builds its own module (``module`` is
+    ignored) and uses no ``options``.
     """
-    check = ProbeCheck(machine, module, options, log=log)
+    spec = get_scenario(scenario)
+    if spec is None:
+        check = ProbeCheck(machine, module, options, log=log)
+        check.report.repro = repro_inputs(machine, module, source, options, expect_mechanism)
+    else:
+        check = spec.check(machine, log=log)
+        check.report.repro = scenario_repro(machine, spec.name)
     report = check.report
-    report.repro = repro_inputs(machine, module, source, options, expect_mechanism)
     if on_start:
         on_start(check)
     t0 = time.monotonic()
@@ -155,6 +177,9 @@ def run_check(machine: Machine, module: Module, options: ProbeOptions, *, source
     except VmprobeError as exc:
         error = exc
     seconds = time.monotonic() - t0
+    if spec is not None and check.module is not None:
+        report.repro["module"] = {"source": f"builtin:{spec.module}", "name": check.module.name,
+                                  "ko_sha256": cache.sha256_file(check.module.path)}
     report.timings = {**({"build": build_seconds} if build_seconds is not None else {}),
                       **{f"vm-{k}": v for k, v in machine.timings.items()}, **report.timings}
     if expect_mechanism and error is None:

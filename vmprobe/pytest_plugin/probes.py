@@ -64,9 +64,10 @@ class ModuleBuilder:
 
 
 class ProbeChecker:
-    """``probe_check(module=None, expect_mechanism=None, **ProbeOptions fields) -> ProbeReport``
+    """``probe_check(module=None, expect_mechanism=None, scenario=None, **ProbeOptions fields) -> ProbeReport``
     on ``vm``: the built-in fork probe by default, else a user's module (a Module, a path or
     source text built with ``build_module``), for which ``builtin_template`` defaults to False.
+    ``scenario="modify-register"`` etc. runs a built-in scenario instead (check/scenarios/).
     vmprobe's own failures raise; a check that ran and failed returns its report.
     ``on_report`` sees each report as its check starts (so a failing test can show it)."""
 
@@ -75,7 +76,8 @@ class ProbeChecker:
         self.vm, self.kernel, self.build_module, self.on_report = vm, kernel, build_module, on_report
 
     def __call__(self, module: "Module | str | os.PathLike[str] | None" = None, *,
-                 expect_mechanism: str | None = None, **options) -> "ProbeReport":
+                 expect_mechanism: str | None = None, scenario: str | None = None,
+                 **options) -> "ProbeReport":
         from vmprobe import modules
         from vmprobe.check.probe import ProbeOptions
         from vmprobe.check.run import run_check
@@ -85,6 +87,16 @@ class ProbeChecker:
         if unknown:
             raise TypeError(f"probe_check: unknown option(s) {', '.join(unknown)}; "
                             f"ProbeOptions has {', '.join(sorted(known))}")
+        if scenario not in (None, "fork"):   # a built-in scenario: its own module, no options
+            from vmprobe.check.scenarios import get_scenario
+            get_scenario(scenario)   # an unknown name raises ValueError here
+            if module is not None or options:
+                raise TypeError(f"probe_check: scenario {scenario!r} takes no module or options")
+            run = run_check(self.vm, None, ProbeOptions(), scenario=scenario,
+                            on_start=lambda check: self.on_report(check.report))
+            if run.error:
+                raise run.error
+            return run.report
         t0 = time.monotonic()
         source = None
         if module is None:

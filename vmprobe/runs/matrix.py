@@ -25,7 +25,9 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
+from vmprobe.check.probe import ProbeOptions
 from vmprobe.check.run import CHECK_NAMES, named_checks, run_check
+from vmprobe.check.scenarios import SCENARIOS
 from vmprobe.errors import VmprobeError
 from vmprobe.runs import junit
 
@@ -60,8 +62,10 @@ def run_kernel(spec: str, check_names: list[str], machine_kw: dict,
                             "arch": kernel.arch}
         emit("kernel", release=kernel.release)
         checks = [c for c in named_checks(kernel) if c.name in check_names]
+        checks += [SCENARIOS[n] for n in check_names if n in SCENARIOS]   # built-in scenarios, after
         t = time.monotonic()
-        module = modules.build(modules.FORK_PROBE, kernel, log=log)[0]
+        module = modules.build(modules.FORK_PROBE, kernel, log=log)[0] if any(
+            c.name in CHECK_NAMES for c in checks) else None
         result["timings"]["build"] = time.monotonic() - t
         boots = 0
         for check in checks:
@@ -76,7 +80,7 @@ def run_kernel(spec: str, check_names: list[str], machine_kw: dict,
                 boots += 1
                 result["timings"]["boot" if boots == 1 else f"boot{boots}"] = time.monotonic() - t
                 emit("booted", seconds=time.monotonic() - t, accel=machine.accel)
-            entry = _run_check(machine, module, check)
+            entry = _run_scenario(machine, check) if check.name in SCENARIOS else _run_check(machine, module, check)
             result["checks"].append(entry)
             emit("check", check=entry["name"], verdict=entry["verdict"], mechanism=entry["mechanism"],
                  hits=entry["hits"], seconds=entry["time"], error=entry["error"])
@@ -101,6 +105,17 @@ def _run_check(machine, module, check, log=None) -> dict:
             "post_handler": check.post_handler, "expected_mechanism": check.expect_mechanism,
             "verdict": run.verdict, "mechanism": report.probe.get("mechanism"), "hits": report.hits,
             "time": round(run.seconds, 3), "error": error, "summary": report.summary(),
+            "report": report.to_dict(), "console_tail": _tail(machine.console.since(mark)),
+            "repro": report.repro}
+
+
+def _run_scenario(machine, scenario, log=None) -> dict:
+    mark = machine.console.mark()
+    run = run_check(machine, None, ProbeOptions(), scenario=scenario.name, log=log)
+    report = run.report
+    return {"name": scenario.name, "about": scenario.claim, "verdict": run.verdict,
+            "mechanism": report.probe.get("mechanism"), "hits": report.hits, "time": round(run.seconds, 3),
+            "error": run.error.render() if run.error else None, "summary": report.summary(),
             "report": report.to_dict(), "console_tail": _tail(machine.console.since(mark)),
             "repro": report.repro}
 
@@ -217,7 +232,7 @@ class MatrixRun:
             order = {n: i for i, n in enumerate(self.check_names)}
             res["checks"].sort(key=lambda c: order.get(c["name"], len(order)))
             kernels.append(res)
-        ok = all(c["verdict"] == "pass" for k in kernels for c in k["checks"])
+        ok = all(c["verdict"] in ("pass", "skip") for k in kernels for c in k["checks"])   # skip: n/a
         return {"verdict": "pass" if ok else "fail", "wall_time": round(wall, 3), "jobs": self.jobs,
                 "checks": list(self.check_names), "machine": self.machine_kw, "kernels": kernels}
 
@@ -266,8 +281,10 @@ def format_table(matrix: dict) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
     passed = sum(c["verdict"] == "pass" for k in matrix["kernels"] for c in k["checks"])
+    skipped = sum(c["verdict"] == "skip" for k in matrix["kernels"] for c in k["checks"])
     total = sum(len(k["checks"]) for k in matrix["kernels"])
-    lines.append(f"{matrix['verdict'].upper()}: {passed}/{total} checks passed on "
+    lines.append(f"{matrix['verdict'].upper()}: {passed}/{total} checks passed"
+                 + (f" ({skipped} skipped: not for that kernel)" if skipped else "") + " on "
                  f"{len(matrix['kernels'])} kernel(s) in {matrix['wall_time']:.1f}s "
                  f"with {matrix['jobs']} worker(s)")
     for k in matrix["kernels"]:
@@ -292,7 +309,7 @@ def junit_cases(matrix: dict) -> list[junit.TestCase]:
     for k in matrix["kernels"]:
         release = (k["kernel"] or {}).get("release", "")
         for c in k["checks"]:
-            status = {"pass": "pass", "fail": "fail"}.get(c["verdict"], "error")
+            status = {"pass": "pass", "fail": "fail", "skip": "skip"}.get(c["verdict"], "error")
             if status == "fail":
                 failed = [x for x in (c["report"] or {}).get("checks", []) if x["ok"] is False]
                 message = "; ".join(f"{x['name']}: {x['detail']}".rstrip(": ") for x in failed) \
@@ -301,6 +318,8 @@ def junit_cases(matrix: dict) -> list[junit.TestCase]:
             elif status == "error":
                 message = (c["error"] or "error").splitlines()[0]
                 text = c["error"] or ""
+            elif status == "skip":
+                message, text = (c["report"] or {}).get("skipped") or "skipped", ""
             else:
                 message, text = "", ""
             props = {"release": release, "offset": c.get("offset", ""),

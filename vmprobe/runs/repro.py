@@ -122,11 +122,12 @@ def rerun(case: Case, *, accel: str | None = None, module: Path | None = None, l
     want = r["kernel"].get("version")
     if want and kernel.version != want:
         log(f"vmprobe: warning: the report ran {r['kernel']['spec']} {want}; the cache has {kernel.version}")
-    options, expect = _options(r, kernel)
-    source = _module_source(r, module, log)
-    built = modules.build(source, kernel, log=log)[0]
+    scenario = r.get("scenario")   # a built-in scenario builds its own module
+    options, expect = _options(r, kernel) if not scenario else (ProbeOptions(), None)
+    source = _module_source(r, module, log) if not scenario else None
+    built = modules.build(source, kernel, log=log)[0] if not scenario else None
     ko_digest = (r.get("module") or {}).get("ko_sha256")
-    if ko_digest and cache.sha256_file(built.path) != ko_digest:
+    if built and ko_digest and cache.sha256_file(built.path) != ko_digest:
         log("vmprobe: note: the rebuilt .ko differs from the report's (same sources, other build)")
     m = r.get("machine", {})
     extra = {"warm": m["warm"]} if m.get("warm") is not None else {}
@@ -135,7 +136,7 @@ def rerun(case: Case, *, accel: str | None = None, module: Path | None = None, l
                       boot_timeout=m.get("boot_timeout", 120), log=log, **extra)
     with machine:
         run = run_check(machine, built, options, source=None if source == modules.FORK_PROBE else source,
-                        expect_mechanism=expect, log=log)
+                        expect_mechanism=expect, log=log, scenario=scenario)
         report = run.report
         if run.error:
             outcome = Outcome("error", _failed_checks(report.to_dict()), report.error or run.error.render(),

@@ -1,35 +1,25 @@
-"""The ``vmprobe`` command line: a thin face over kernels, Machine and ProbeCheck."""
+"""The command line's grammar: every subcommand, option and help text (no VM code imported)."""
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
-import shlex
-import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vmprobe.arch import Mechanism
-from vmprobe.errors import EXIT_CODES, EXIT_INTERRUPTED, VmprobeError
-from vmprobe.host import progress
-from vmprobe.host.processes import install_signal_handlers
-from vmprobe.runs import live_commands
+from vmprobe.errors import EXIT_CODES
 from vmprobe.runs.live_commands import add_up_down_ls, dry_run_arg, files_args, on_arg
 
 if TYPE_CHECKING:
-    from vmprobe.vm.machine import Machine
+    pass
 
 # The VM machinery (paramiko, QMP, kernels, modules) is imported by the commands that use
 # it: `exec --on`/`shell --on` talk to a live VM's supervisor and need none of it.
+# The VM machinery (paramiko, QMP, kernels, modules) is imported by the commands that use
+# it: `exec --on`/`shell --on` talk to a live VM's supervisor and need none of it.
 ACCEL_CHOICES = ("auto", "kvm", "tcg")   # vmprobe.vm.accel.CHOICES (tests/unit/test_live_wire.py)
+
 AFTER_ENTRY = "after-entry"              # vmprobe.check.probe.AFTER_ENTRY (likewise)
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
 
 def _offset(text: str) -> int | str:
     if text == AFTER_ENTRY:
@@ -39,7 +29,6 @@ def _offset(text: str) -> int | str:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an offset (an integer or {AFTER_ENTRY}): {text!r}") from None
 
-
 def _machine_args(p: argparse.ArgumentParser) -> None:
     from vmprobe.kernels import DEFAULT_SPEC
     p.add_argument("--kernel", "-k", default=DEFAULT_SPEC,
@@ -47,7 +36,8 @@ def _machine_args(p: argparse.ArgumentParser) -> None:
                         f"local:PATH[?build=DIR], built:<key> (default {DEFAULT_SPEC})")
     p.add_argument("--accel", choices=ACCEL_CHOICES, default=os.environ.get("VMPROBE_ACCEL", "auto"),
                    help="kvm, tcg, or auto: KVM only if a real test boot works (default auto)")
-    p.add_argument("--smp", type=int, default=1, help="guest CPUs (default 1: fastest under TCG)")
+    p.add_argument("--smp", type=int, default=None,
+                   help="guest CPUs (default 1: fastest under TCG; --scenario smp: 2)")
     p.add_argument("--verbose", "-v", action="store_true",
                    help="stream the guest's serial console to stderr while the command runs")
     p.add_argument("--memory", default="1G", help="guest memory (default 1G)")
@@ -56,37 +46,10 @@ def _machine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--console-log", type=Path, help="save the guest's serial console to this file")
     _cold_arg(p)
 
-
 def _cold_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cold", action="store_true", default=bool(os.environ.get("VMPROBE_COLD")),
                    help="boot the kernel instead of restoring the saved warm-start state (fresh "
                         "KASLR layout and RNG; default $VMPROBE_COLD, else warm)")
-
-
-def _machine(args, kernel) -> Machine:
-    from vmprobe.vm.machine import Machine
-    return Machine(kernel, accel=args.accel, smp=args.smp, memory=args.memory,
-                   boot_timeout=args.boot_timeout, append=tuple(args.append), warm=not args.cold,
-                   log=_log)
-
-
-def _kernel_and_machine(args):
-    from vmprobe.kernels import get_kernel
-    kernel = get_kernel(args.kernel, log=_log)
-    return kernel, _machine(args, kernel)
-
-
-def _verbose(args, machine: Machine) -> Machine:
-    """--verbose: stream the machine's console to stderr (ends by itself when the machine does)."""
-    if args.verbose:
-        progress.stream_console(machine)
-    return machine
-
-
-def _save_console(machine: Machine, path: Path | None) -> None:
-    if path and machine.console:
-        path.write_text(machine.console.text)
-
 
 def build_parser() -> argparse.ArgumentParser:
     from vmprobe import modules
@@ -148,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--watch", action="store_true",
                     help="with --on: rebuild and check again whenever the module's source changes")
     dry_run_arg(pr)
+    from vmprobe.check.scenarios import NAMES as SCENARIO_NAMES
+    pr.add_argument("--scenario", choices=SCENARIO_NAMES, default="fork",
+                    help="a built-in scenario (default fork: the probe check); the others prove the "
+                         "article's claims (modify-register, modify-data, fault-handler, smp)")
 
     gd = sub.add_parser("gdb", help="boot a kernel and attach gdb to it, with its symbols",
                         description="gdb on the guest's gdbstub, with the kernel's symbols (from its "
@@ -188,8 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     mx.add_argument("--kernels", type=_spec_list, default=None,
                     help="comma-separated kernel specs (default: every suite in the catalog, "
                          "plus the i386 and arm64 flavours marked matrix = true)")
-    mx.add_argument("--checks", type=_check_list(CHECK_NAMES), default=list(CHECK_NAMES),
-                    help=f"comma-separated checks to run (default {','.join(CHECK_NAMES)})")
+    mx.add_argument("--checks", type=_check_list(CHECK_NAMES), default=None,
+                    help=f"comma-separated checks to run (default {','.join(CHECK_NAMES)}, "
+                         f"none with --scenarios)")
+    from vmprobe.check.scenarios import SCENARIOS
+    mx.add_argument("--scenarios", type=_check_list(tuple(SCENARIOS)), default=[],
+                    help=f"comma-separated built-in scenarios to run too ({','.join(SCENARIOS)})")
     mx.add_argument("--jobs", "-j", type=int, default=None,
                     help="kernels tested at once, each in a worker process (default: CPUs, at most "
                          "the number of kernels)")
@@ -197,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     mx.add_argument("--junit", type=Path, help="write JUnit XML here (a test case per kernel and check)")
     mx.add_argument("--accel", choices=ACCEL_CHOICES, default=os.environ.get("VMPROBE_ACCEL", "auto"),
                     help="kvm, tcg, or auto: KVM only if a real test boot works (default auto)")
-    mx.add_argument("--smp", type=int, default=1, help="guest CPUs (default 1)")
+    mx.add_argument("--smp", type=int, default=None,
+                    help="guest CPUs (default 1, or the most a chosen scenario wants: smp 2)")
     mx.add_argument("--memory", default="1G", help="guest memory (default 1G)")
     mx.add_argument("--boot-timeout", type=float, default=120, help="seconds to reach READY (default 120)")
     _cold_arg(mx)
@@ -210,13 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds the KVM test boot may take (default that of --accel auto)")
     return parser
 
-
 def _spec_list(text: str) -> list[str]:
     specs = [s.strip() for s in text.split(",") if s.strip()]
     if not specs:
         raise argparse.ArgumentTypeError("give at least one kernel spec, e.g. debian:bookworm")
     return list(dict.fromkeys(specs))
-
 
 def _check_list(known: tuple[str, ...]):
     def parse(text: str) -> list[str]:
@@ -227,189 +197,3 @@ def _check_list(known: tuple[str, ...]):
                                              f"choose from {', '.join(known)}")
         return list(dict.fromkeys(names))
     return parse
-
-
-def cmd_kernels(args) -> int:
-    from vmprobe.kernels import get_kernel, list_kernels
-    if args.kernels_command == "list":
-        rows = list_kernels()
-        if args.json:
-            print(json.dumps(rows, indent=2))
-            return 0
-        print(f"{'SPEC':36} {'SERIES':7} {'ARCH':6} CACHED")
-        for row in rows:
-            spec = row["spec"] + (" (default)" if row["default"] else "")
-            print(f"{spec:36} {row['series']:7} {row['arch']:6} {', '.join(row['cached']) or '-'}")
-        return 0
-    if args.kernels_command == "build":
-        from vmprobe.kernels.build import cmd_build
-        return cmd_build(args, _log)
-    kernel = get_kernel(args.spec, refresh=args.refresh, log=_log)
-    print(f"{kernel.spec} {kernel.release} {kernel.version} {kernel.arch} -> {kernel.root}")
-    return 0
-
-
-def cmd_exec(args) -> int:
-    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-    if not cmd:
-        raise SystemExit("vmprobe exec: give a command after --, e.g. vmprobe exec -- uname -r")
-    command = cmd[0] if len(cmd) == 1 else shlex.join(cmd)
-    if args.on:
-        return live_commands.exec_on(args, command, _log)
-    from vmprobe.runs import guest_files
-    kernel, machine = _kernel_and_machine(args)
-    if args.dry_run:
-        return guest_files.dry_run(machine)
-    files = guest_files.prepare(args, kernel, _log)
-    _verbose(args, machine)
-    try:
-        with machine:
-            guest_files.copy_in(machine.upload, files, _log)
-            result = machine.run(command, args.timeout, stdout=sys.stdout.buffer, stderr=sys.stderr.buffer)
-        return result.status
-    finally:
-        _save_console(machine, args.console_log)
-
-
-def cmd_shell(args) -> int:
-    if args.on:
-        return live_commands.shell_on(args, _log)
-    from vmprobe.runs import guest_files
-    kernel, machine = _kernel_and_machine(args)
-    if args.dry_run:
-        return guest_files.dry_run(machine)
-    files = guest_files.prepare(args, kernel, _log)
-    _verbose(args, machine)
-    try:
-        with machine:
-            guest_files.copy_in(machine.upload, files, _log)
-            _log(f"vmprobe: {kernel.release} is up; exit the shell to stop the VM")
-            return _interactive(machine)
-    finally:
-        _save_console(machine, args.console_log)
-
-
-def _interactive(machine: Machine) -> int:
-    from vmprobe.runs.guest_files import interactive
-    return interactive(machine)
-
-
-def cmd_probe(args) -> int:
-    if args.on:
-        return live_commands.probe_on(args, _log)
-    if args.watch:
-        raise SystemExit("vmprobe probe: --watch needs a live VM: vmprobe up, then probe --on NAME --watch")
-    from vmprobe import modules
-    from vmprobe.check.probe import ProbeOptions
-    from vmprobe.check.run import run_check
-    from vmprobe.kernels import get_kernel
-    kernel = get_kernel(args.kernel, log=_log)
-    if args.dry_run:
-        from vmprobe.runs import guest_files
-        return guest_files.dry_run(_machine(args, kernel))
-    t0 = time.monotonic()
-    source = args.module or modules.FORK_PROBE
-    module = modules.build(source, kernel, log=_log)[0]
-    build_time = time.monotonic() - t0
-    offset = args.offset if args.offset is not None or args.module else 0
-    options = ProbeOptions(symbol=args.symbol, offset=offset, post_handler=args.post_handler,
-                           trigger=args.trigger, module_params=args.module_params,
-                           builtin_template=args.module is None, sysrq=args.sysrq, min_hits=args.min_hits)
-    machine = _machine(args, kernel)
-    _verbose(args, machine)
-    try:
-        with machine:
-            run = run_check(machine, module, options, source=args.module,
-                            expect_mechanism=args.expect_mechanism, build_seconds=build_time, log=_log)
-    finally:
-        _save_console(machine, args.console_log)
-    if args.json:
-        run.report.write_json(args.json)
-    if run.error:
-        raise run.error
-    print(run.report.summary())
-    return 0 if run.report.verdict == "pass" else 1
-
-
-def cmd_matrix(args) -> int:
-    from vmprobe.kernels import parse_spec
-    from vmprobe.kernels.catalog import load_catalog, matrix_specs
-    from vmprobe.runs import matrix
-
-    catalog = load_catalog()
-    specs = args.kernels or matrix_specs(catalog)
-    for spec in specs:
-        parse_spec(spec, catalog)  # a bad spec fails here (exit 64), before any VM starts
-    jobs = args.jobs or min(len(specs), os.cpu_count() or 1)
-    machine_kw = {"accel": args.accel, "smp": args.smp, "memory": args.memory,
-                  "boot_timeout": args.boot_timeout, "warm": not args.cold}
-    _log(f"vmprobe matrix: {len(specs)} kernel(s) × {', '.join(args.checks)} with {jobs} worker(s)")
-    os.environ.setdefault("VMPROBE_PROGRESS", "0")  # parallel workers would draw over each other
-    result = matrix.run_matrix(specs, args.checks, jobs=jobs, machine_kw=machine_kw,
-                               kernel_timeout=args.kernel_timeout)
-    print(matrix.format_table(result))
-    if args.json:
-        matrix.write_json(result, args.json)
-    if args.junit:
-        matrix.write_junit(result, args.junit)
-    return 0 if result["verdict"] == "pass" else 1
-
-
-def cmd_doctor(args) -> int:
-    from vmprobe.runs import doctor
-    checks = doctor.run_checks(**({"kvm_timeout": args.kvm_timeout} if args.kvm_timeout else {}), log=_log)
-    print(doctor.to_json(checks) if args.json else doctor.format_checks(checks), end="" if args.json else "\n")
-    return doctor.exit_code(checks)
-
-
-def cmd_gdb(args) -> int:
-    from vmprobe.runs import debugger
-    if args.on:
-        return live_commands.gdb_on(args, _log)
-    machines: list[Machine] = []
-
-    def make(kernel) -> Machine:
-        machines.append(_machine(args, kernel))
-        return machines[-1]
-    try:
-        return debugger.command(args, make, _log)
-    finally:
-        for machine in machines:
-            _save_console(machine, args.console_log)
-
-
-def cmd_repro(args) -> int:
-    from vmprobe.runs import repro
-    return repro.command(args, _log, _interactive)
-
-
-def main(argv: list[str] | None = None) -> int:
-    install_signal_handlers()
-    argv = sys.argv[1:] if argv is None else argv
-    args = None
-    if argv[:1] in (["exec"], ["shell"]) and "--on" in argv:
-        import io
-        with contextlib.suppress(argparse.ArgumentError, SystemExit), contextlib.redirect_stderr(io.StringIO()):
-            args, extra = live_commands.live_parser().parse_known_args(argv)
-            args = None if extra else args
-    args = args or build_parser().parse_args(argv)
-    handler = {"kernels": cmd_kernels, "exec": cmd_exec, "shell": cmd_shell, "probe": cmd_probe,
-               "matrix": cmd_matrix, "doctor": cmd_doctor, "gdb": cmd_gdb, "repro": cmd_repro,
-               "up": lambda a: live_commands.up(a, _log), "down": lambda a: live_commands.down(a, _log),
-               "ls": lambda a: live_commands.ls(a, _log)}
-    try:
-        return handler[args.command](args)
-    except VmprobeError as exc:
-        print(exc.render(), file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("vmprobe: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    finally:
-        progress.stop_streams()
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-
-
-if __name__ == "__main__":
-    sys.exit(main())
