@@ -8,9 +8,11 @@ process, whether the ``after`` bytes were read and equal ``before``, and the
 task that hit the hardware breakpoint. Usage:
 
 benchmarks/hot_sites.py [--runs 3] [--kernels debian:bookworm] [--symbols do_sys_openat2:5,vfs_read:after-entry]
-                        [--python .venv/bin/python] [--cwd DIR] [--json hot.json]
+                        [--python .venv/bin/python] [--cwd DIR] [--against DIR] [--json hot.json]
 
-``--python``/``--cwd`` run another checkout's vmprobe (e.g. main, for a before/after).
+``--cwd DIR`` runs another checkout's vmprobe instead of this one; ``--against DIR``
+runs both, alternating run by run (so a shared machine's load falls on both alike),
+e.g. a copy of main for a before/after: ``git archive main vmprobe kernels rootfs | tar -x -C DIR``.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ DEFAULT_SYMBOLS = "do_sys_openat2:5,vfs_read:after-entry,ksys_write:after-entry"
 TRIGGER = "cat /proc/version"
 
 
-def one(python: str, cwd: str, spec: str, symbol: str, offset: str, accel: str) -> dict:
+def one(python: str, cwd: str, spec: str, symbol: str, offset: str, accel: str, label: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "r.json"
         cmd = [python, "-m", "vmprobe", "probe", "--kernel", spec, "--symbol", symbol, "--offset", offset,
@@ -40,7 +42,8 @@ def one(python: str, cwd: str, spec: str, symbol: str, offset: str, accel: str) 
         report = json.loads(out.read_text()) if out.exists() else {}
     b = report.get("bytes", {})
     last = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or [""]
-    return {"kernel": spec, "symbol": symbol, "offset": offset, "rc": proc.returncode, "wall": round(wall, 2),
+    return {"code": label, "kernel": spec, "symbol": symbol, "offset": offset, "rc": proc.returncode,
+            "wall": round(wall, 2),
             "verdict": report.get("verdict"), "registers": report.get("timings", {}).get("registers"),
             "after_ok": bool(b.get("after")) and b.get("after") == b.get("before"),
             "after": b.get("after", ""), "hit_by": report.get("registers_at_hit", {}).get("task"),
@@ -55,31 +58,36 @@ def main() -> int:
     ap.add_argument("--accel", default="tcg")
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--cwd", default=str(Path(__file__).resolve().parents[1]))
+    ap.add_argument("--against", default=None, help="another checkout, run alternately with this one")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     rows = []
+    codes = [("this" if not args.against else Path(args.cwd).name, args.cwd)]
+    if args.against:
+        codes.append((Path(args.against).name, args.against))
     for spec in [s for s in args.kernels.split(",") if s]:
-        for item in [s for s in args.symbols.split(",") if s]:
-            symbol, _, offset = item.partition(":")
-            for i in range(args.runs):
-                row = one(args.python, args.cwd, spec, symbol, offset or "after-entry", args.accel)
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+        for i in range(args.runs):
+            for item in [s for s in args.symbols.split(",") if s]:
+                symbol, _, offset = item.partition(":")
+                for label, cwd in codes:
+                    row = one(args.python, cwd, spec, symbol, offset or "after-entry", args.accel, label)
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
     print()
-    print(f"{'kernel':18} {'symbol':16} {'offset':11} {'pass':>6} {'rc':>10} {'registers med/max':>18} "
+    print(f"{'code':12} {'kernel':18} {'symbol':16} {'offset':11} {'pass':>6} {'rc':>10} {'registers med/max':>18} "
           f"{'whole med/max':>15} {'after ok':>8}")
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["kernel"], row["symbol"], row["offset"]), []).append(row)
-    for (spec, symbol, offset), rs in groups.items():
+        groups.setdefault((row["code"], row["kernel"], row["symbol"], row["offset"]), []).append(row)
+    for (code, spec, symbol, offset), rs in sorted(groups.items()):
         regs = [r["registers"] for r in rs if r["registers"] is not None]
         walls = [r["wall"] for r in rs]
         passes = sum(r["verdict"] == "pass" and r["rc"] == 0 for r in rs)
         rcs = ",".join(sorted({str(r["rc"]) for r in rs}))
         reg = f"{statistics.median(regs):.1f}/{max(regs):.1f}" if regs else "-"
-        print(f"{spec:18} {symbol:16} {offset:11} {passes:>3}/{len(rs):<2} {rcs:>10} {reg:>18} "
-              f"{statistics.median(walls):.1f}/{max(walls):.1f}".ljust(110)
-              + f" {sum(r['after_ok'] for r in rs)}/{len(rs)}")
+        whole = f"{statistics.median(walls):.1f}/{max(walls):.1f}"
+        print(f"{code:12} {spec:18} {symbol:16} {offset:11} {passes:>3}/{len(rs):<2} {rcs:>10} {reg:>18} "
+              f"{whole:>15} {sum(r['after_ok'] for r in rs):>5}/{len(rs)}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     return 0

@@ -22,7 +22,7 @@ from vmprobe.formats import btf
 from vmprobe.vm import gdb as gdb_module
 from vmprobe.vm.gdb import Gdb, MiLog, State
 from vmprobe.vm.hits import first_hit
-from vmprobe.vm.tasks import NoTaskInfo, TaskLayout, current_task, layout_from_btf
+from vmprobe.vm.tasks import NoTaskInfo, TaskLayout, current_task, layout_from_btf, percpu_from_kallsyms
 
 RECORDED = json.loads((Path(__file__).parent / "data" / "gdb_mi_hot_site.json").read_text())["responses"]
 HIT_PC = 0xFFFFFFFFB9F4CC55   # where the recorded breakpoint was
@@ -391,3 +391,31 @@ def test_btf_without_current_task_is_a_reason_not_a_crash():
         layout_from_btf(btf_blob(percpu_var="something_else"))
     with pytest.raises(btf.BtfError):
         btf.parse(b"\x00" * 32)
+
+
+def test_per_cpu_offsets_missing_from_btf_come_from_kallsyms():
+    """bullseye's 5.10 BTF has no per-CPU variables; /proc/kallsyms lists them zero-based."""
+    kallsyms = ("ffffffff81000000 T _text\n000000000001fbc0 A current_task\n"
+                "0000000000016d00 D pcpu_hot_other\n")
+    layout = layout_from_btf(btf_blob(percpu_var="something_else"), percpu_from_kallsyms(kallsyms))
+    assert layout.current == 0x1FBC0 and layout.pid == 2416
+    with pytest.raises(NoTaskInfo, match="BTF or kallsyms has no per-CPU current_task"):
+        layout_from_btf(btf_blob(percpu_var="something_else"), {})
+
+
+def test_first_hit_names_the_task_from_the_same_register_read():
+    layout = TaskLayout("gs_base", current=0x1FB80, pid=2416, tgid=2420, comm=2976, flags=44)
+    gs_base, task = 0xFF22F875BE800000, 0xFF22F8758277A0C0    # gs_base as recorded
+    blob = bytearray(3000)
+    struct.pack_into("<ii", blob, 2416, 321, 320)
+    blob[2976:2980] = b"dd\0\0"
+    fake = ReplayGdb(**{"-data-read-memory-bytes": memory_handler(
+        {gs_base + 0x1FB80: struct.pack("<Q", task), task: bytes(blob)})})
+    g = running(fake)
+    hot(fake)
+    hit = first_hit(g, HIT_PC, ["rip", "eflags"], layout=layout)
+    assert hit.registers == {"rip": HIT_PC, "eflags": 0x293}
+    assert hit.to_dict()["task"] == {"pid": 321, "tgid": 320, "comm": "dd", "kernel_thread": False,
+                                     "task_struct": f"{task:#x}"}
+    assert "-data-list-register-values x 16 17 156" in fake.commands
+    assert fake.sent("-data-read-memory-bytes") == 2 and g.state is State.RUNNING

@@ -68,7 +68,7 @@ def test_breakpoint_hit_thousands_of_times_a_second(vm):
     """gdb straight on the guest while a loop calls vfs_read thousands of times a second:
     every continue stops at once (often in the same read as its ^running)."""
     address = resolve_symbols(vm, ["vfs_read"])["vfs_read"] + 5
-    layout, why = task_layout_or_reason(vm.kernel, vm.profile)
+    layout, why = task_layout_or_reason(vm)
     loop = vm.run(BUSY_LOOP).stdout.strip()
     g = Gdb(vm.profile.gdb_binary, arch=vm.profile.gdb_arch)
     try:

@@ -369,7 +369,7 @@ class ProbeCheck:
         # path before the SSH server could answer). On a hot function any task
         # may get there first: the first hit is taken and its task reported.
         channel = self.m.ssh.start(f"read -r _go; {trigger}")
-        layout, no_layout = task_layout_or_reason(self.m.kernel, p)
+        layout, no_layout = task_layout_or_reason(self.m)
         hit = first_hit(self.gdb, st.address, [p.pc_register, p.flags_register],
                         go=lambda: channel.sendall(b"go\n"), layout=layout, no_layout=no_layout)
         self.m.ssh.wait(channel, trigger, 60)

@@ -8,7 +8,9 @@ and cached (``$VMPROBE_CACHE/tasklayout/<image sha256>.json``):
 * ``current`` on x86_64 is the per-CPU variable ``current_task`` (6.2–6.14:
   ``pcpu_hot.current_task``), read at ``gs_base`` + its offset in
   ``.data..percpu`` (zero-based on x86_64; ``gs_base`` is the kernel's per-CPU
-  base whenever the vCPU runs kernel code, as at a breakpoint in the kernel);
+  base whenever the vCPU runs kernel code, as at a breakpoint in the kernel).
+  The offset is in the BTF when pahole described per-CPU variables; otherwise
+  (bullseye's 5.10) it comes from the guest's /proc/kallsyms;
 * ``task_struct``'s ``pid``, ``tgid``, ``comm`` and ``flags`` (``PF_KTHREAD``).
 
 Other arches, and kernels without BTF, get a reason instead of a task.
@@ -45,21 +47,40 @@ class TaskLayout:
     pointer_size: int = 8
 
 
-def layout_from_btf(data: bytes) -> TaskLayout:
-    """The x86_64 layout from a BTF blob."""
+#: per-CPU variables that hold (or start with) the current task pointer, most recent first
+CURRENT_VARS = ("current_task", "pcpu_hot")
+
+
+def layout_from_btf(data: bytes, percpu: dict[str, int] | None = None) -> TaskLayout:
+    """The x86_64 layout from a BTF blob. The per-CPU offsets come from its
+    ``.data..percpu`` section, else from ``percpu`` (name → offset, from kallsyms:
+    older pahole, e.g. bullseye's 5.10, does not describe per-CPU variables)."""
     info = btf_format.parse(data, ("task_struct", "pcpu_hot"))
     fields = {n: info.member("task_struct", n) for n in ("pid", "tgid", "comm", "flags")}
     missing = [n for n, m in fields.items() if m is None]
     if missing:
         raise NoTaskInfo(f"the kernel's BTF has no task_struct.{', '.join(missing)}")
-    if "current_task" in info.percpu:
-        current = info.percpu["current_task"]
-    elif "pcpu_hot" in info.percpu and info.member("pcpu_hot", "current_task"):
-        current = info.percpu["pcpu_hot"] + info.member("pcpu_hot", "current_task").offset
+    offsets = {**(percpu or {}), **info.percpu}
+    if "current_task" in offsets:
+        current = offsets["current_task"]
+    elif "pcpu_hot" in offsets and info.member("pcpu_hot", "current_task"):
+        current = offsets["pcpu_hot"] + info.member("pcpu_hot", "current_task").offset
     else:
-        raise NoTaskInfo("the kernel's BTF has no per-CPU current_task (nor pcpu_hot.current_task)")
+        where = "the kernel's BTF" if percpu is None else "the kernel's BTF or kallsyms"
+        raise NoTaskInfo(f"{where} has no per-CPU current_task (nor pcpu_hot.current_task)")
     return TaskLayout("gs_base", current, fields["pid"].offset, fields["tgid"].offset,
                       fields["comm"].offset, fields["flags"].offset)
+
+
+def percpu_from_kallsyms(text: str, names=CURRENT_VARS) -> dict[str, int]:
+    """Per-CPU symbols' offsets from /proc/kallsyms text (x86_64 lists them zero-based,
+    untouched by KASLR)."""
+    found = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[2] in names and fields[2] not in found:
+            found[fields[2]] = int(fields[0], 16)
+    return found
 
 
 def _vmlinux_btf(kernel) -> bytes:
@@ -80,8 +101,11 @@ def _vmlinux_btf(kernel) -> bytes:
     return data
 
 
-def task_layout(kernel, profile) -> TaskLayout:
-    """The layout for ``kernel`` (a Kernel) on ``profile`` (its ArchProfile); raises NoTaskInfo."""
+def task_layout(kernel, profile, kallsyms=None) -> TaskLayout:
+    """The layout for ``kernel`` (a Kernel) on ``profile`` (its ArchProfile); raises NoTaskInfo.
+
+    ``kallsyms()`` returns the guest's /proc/kallsyms text (or the lines of the
+    per-CPU current-task symbols); it is asked only when the BTF lacks them."""
     if profile.name != "x86_64":
         raise NoTaskInfo(f"reading the current task is not implemented for {profile.name} guests")
     key = kernel.image_sha256 or f"{kernel.release}-{kernel.image_path.stat().st_size}"
@@ -92,7 +116,13 @@ def task_layout(kernel, profile) -> TaskLayout:
             return TaskLayout(**saved)
     except (OSError, ValueError, TypeError):
         pass
-    layout = layout_from_btf(_vmlinux_btf(kernel))
+    data = _vmlinux_btf(kernel)
+    try:
+        layout = layout_from_btf(data)
+    except NoTaskInfo:
+        if kallsyms is None:
+            raise
+        layout = layout_from_btf(data, percpu_from_kallsyms(kallsyms()))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.write_text(json.dumps({"format": LAYOUT_FORMAT, **asdict(layout)}) + "\n")
@@ -113,20 +143,27 @@ class Task:
                 "kernel_thread": self.kernel_thread, "task_struct": f"{self.address:#x}"}
 
 
-def current_task(gdb: Gdb, layout: TaskLayout) -> Task:
-    """The task on gdb's selected vCPU (the guest must be stopped in the kernel)."""
-    base = gdb.registers([layout.base_register])[layout.base_register]
+def current_task(gdb: Gdb, layout: TaskLayout, base: int | None = None) -> Task:
+    """The task on gdb's selected vCPU (the guest must be stopped in the kernel); ``base``:
+    the per-CPU base register's value if it was read already."""
+    if base is None:
+        base = gdb.registers([layout.base_register])[layout.base_register]
     if not base:
         raise NoTaskInfo(f"{layout.base_register} is 0: the vCPU is not in the kernel")
     task, = struct.unpack("<Q", gdb.read_memory(base + layout.current, layout.pointer_size))
-    pid, = struct.unpack("<i", gdb.read_memory(task + layout.pid, 4))
-    tgid, = struct.unpack("<i", gdb.read_memory(task + layout.tgid, 4))
-    flags, = struct.unpack("<I", gdb.read_memory(task + layout.flags, 4))
-    comm = gdb.read_memory(task + layout.comm, 16).split(b"\0", 1)[0].decode(errors="replace")
+    # one read for the fields (a few KB apart: one MI command instead of four)
+    start = min(layout.pid, layout.tgid, layout.comm, layout.flags)
+    end = max(layout.pid + 4, layout.tgid + 4, layout.comm + 16, layout.flags + 4)
+    blob = gdb.read_memory(task + start, end - start)
+    pid, = struct.unpack_from("<i", blob, layout.pid - start)
+    tgid, = struct.unpack_from("<i", blob, layout.tgid - start)
+    flags, = struct.unpack_from("<I", blob, layout.flags - start)
+    comm = blob[layout.comm - start:layout.comm - start + 16].split(b"\0", 1)[0].decode(errors="replace")
     return Task(pid, tgid, comm, bool(flags & PF_KTHREAD), task)
 
 
-__all__ = ["NoTaskInfo", "Task", "TaskLayout", "current_task", "layout_from_btf", "task_layout"]
+__all__ = ["NoTaskInfo", "Task", "TaskLayout", "current_task", "layout_from_btf", "percpu_from_kallsyms",
+           "task_layout"]
 
 
 def _main(argv: list[str]) -> int:  # pragma: no cover - a manual check: python -m vmprobe.vm.tasks SPEC
