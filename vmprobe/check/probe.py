@@ -27,6 +27,7 @@ from vmprobe.formats.kprobes_list import ProbeRecord, parse_debugfs_list
 from vmprobe.host.interrupts import checkpoint
 from vmprobe.modules import Module
 from vmprobe.vm.gdb import Gdb
+from vmprobe.vm.hits import first_hit, task_layout_or_reason
 from vmprobe.vm.machine import Machine
 
 AFTER_ENTRY = "after-entry"
@@ -336,25 +337,20 @@ class ProbeCheck:
     def _registers_at_hit(self) -> None:
         r, st, p = self.report, self.run_state, self.m.profile
         trigger = self.opt.trigger or DEFAULT_TRIGGER
-        # The command is started first and told to go after the breakpoint is
-        # set: starting it means a fork in the guest, which would hit the
-        # breakpoint before the SSH server could answer the request.
+        # The command is started first and told to go once the breakpoint is
+        # set (starting it forks, and a fork would hit a breakpoint on the fork
+        # path before the SSH server could answer). On a hot function any task
+        # may get there first: the first hit is taken and its task reported.
         channel = self.m.ssh.start(f"read -r _go; {trigger}")
-        number = self.gdb.hbreak(st.address)
-        channel.sendall(b"go\n")
-        try:
-            stop = self.gdb.wait_stopped(20, f"the hardware breakpoint at {st.address:#x} to hit")
-            regs = self.gdb.registers([p.pc_register, p.flags_register])
-        finally:
-            with contextlib.suppress(GdbError):
-                self.gdb.delete(number)
-            self.gdb.cont()
+        layout, no_layout = task_layout_or_reason(self.m)
+        hit = first_hit(self.gdb, st.address, [p.pc_register, p.flags_register],
+                        go=lambda: channel.sendall(b"go\n"), layout=layout, no_layout=no_layout)
         self.m.ssh.wait(channel, trigger, 60)
-        pc, flags = regs[p.pc_register], regs[p.flags_register]
+        pc, flags = hit.registers[p.pc_register], hit.registers[p.flags_register]
         r.registers_at_hit = {"pc": f"{pc:#x}", "flags": f"{flags:#x}",
-                              "names": [p.pc_register, p.flags_register],
-                              "reason": stop.get("reason")}
-        r.check("pc at the hit is the probe address", pc == st.address, f"{p.pc_register}={pc:#x}")
+                              "names": [p.pc_register, p.flags_register], **hit.to_dict()}
+        r.check("pc at the hit is the probe address", pc == st.address, f"{p.pc_register}={pc:#x}"
+                + (f" (hit by {hit.task.comm} pid {hit.task.pid})" if hit.task else ""))
 
     def _sysrq(self) -> None:
         r = self.report
