@@ -13,8 +13,8 @@ from vmprobe.runs.guest_files import parse_put
 
 
 def test_cli_constants_match_their_sources():
-    from vmprobe.cli import parser as cli
     from vmprobe.check.probe import AFTER_ENTRY
+    from vmprobe.cli import parser as cli
     from vmprobe.vm.accel import CHOICES
     assert cli.ACCEL_CHOICES == CHOICES and cli.AFTER_ENTRY == AFTER_ENTRY
 

@@ -44,6 +44,7 @@ class ArchProfile:
     #: C compilers (first found wins) and flags for a static, libc-free guest program (vmprobe-insmod)
     static_cc: tuple[str, ...] = ("gcc", "gcc-12")
     static_cflags: tuple[str, ...] = ()
+    percpu_base_register: str = ""  # gdb register holding the per-CPU base in the kernel ("" = unknown)
     return_register: str = ""        # gdb's name of the register a function returns its value in
     syscall_prefix: str = ""         # the arch's syscall wrapper prefix in kallsyms (4.17+ x86, arm64)
 
@@ -70,7 +71,7 @@ PROFILES = {
     "amd64": ArchProfile(
         name="x86_64", debian_arch="amd64", qemu="qemu-system-x86_64", machine="pc",
         cpu_tcg="max", cpu_kvm="host", console="ttyS0", append=("nopti",),
-        gdb_arch="i386:x86-64", pc_register="rip", flags_register="eflags",
+        gdb_arch="i386:x86-64", pc_register="rip", flags_register="eflags", percpu_base_register="gs_base",
         host_machines=("x86_64",), cross_compile="x86_64-linux-gnu-", control_port="ttyS1",
         sites=X86Sites(bits=64), elf_machine=62, multiarch="x86_64-linux-gnu",
         assembler=("as", "--64"), qemu_package="qemu-system-x86",

@@ -21,7 +21,7 @@ from vmprobe.arch import SITE_WINDOW, Mechanism, agrees_with_flags
 from vmprobe.check.any_module import run_any_module
 from vmprobe.check.report import ProbeReport
 from vmprobe.check.symbols import FORK_SYMBOLS, fork_symbol, resolve_symbols
-from vmprobe.errors import CommandTimeout, GdbError, ModuleLoadError, ProbeSiteError, VmprobeError
+from vmprobe.errors import CommandTimeout, ModuleLoadError, ProbeSiteError, VmprobeError
 from vmprobe.formats.crash import find_crashes
 from vmprobe.formats.kprobes_list import ProbeRecord, parse_debugfs_list
 from vmprobe.host.interrupts import checkpoint

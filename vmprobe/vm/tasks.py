@@ -106,7 +106,7 @@ def task_layout(kernel, profile, kallsyms=None) -> TaskLayout:
 
     ``kallsyms()`` returns the guest's /proc/kallsyms text (or the lines of the
     per-CPU current-task symbols); it is asked only when the BTF lacks them."""
-    if profile.name != "x86_64":
+    if profile.percpu_base_register != "gs_base":  # the only per-CPU layout read so far
         raise NoTaskInfo(f"reading the current task is not implemented for {profile.name} guests")
     key = kernel.image_sha256 or f"{kernel.release}-{kernel.image_path.stat().st_size}"
     path = cache_dir() / "tasklayout" / f"{key}.json"
