@@ -22,3 +22,10 @@ def test_no_module_is_too_long():
     long = {str(p.relative_to(ROOT)): n for p in (ROOT / "vmprobe").rglob("*.py")
             if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not long, f"split these modules (over {MAX_LINES} lines): {long}"
+
+
+def test_test_file_basenames_are_unique():
+    """pytest's default import mode collects tests/unit/x.py and tests/vm/x.py as one module
+    named x: the second one errors out at collection."""
+    names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
+    assert not {n for n in names if names.count(n) > 1}
