@@ -208,7 +208,7 @@ def up(args, log) -> int:
     from vmprobe.runs import live_daemon as live
     from vmprobe.vm.machine import Machine
     kernel = get_kernel(args.kernel, log=log)
-    machine_kw = {"accel": args.accel, "smp": args.smp, "memory": args.memory,
+    machine_kw = {"accel": args.accel, "smp": args.smp or 1, "memory": args.memory,
                   "boot_timeout": args.boot_timeout, "append": tuple(args.append), "warm": not args.cold}
     if args.dry_run:
         from vmprobe.runs.guest_files import dry_run
