@@ -16,12 +16,13 @@ from vmprobe import modules
 from vmprobe.arch import Mechanism
 from vmprobe.check.probe import AFTER_ENTRY, ProbeOptions
 from vmprobe.check.run import run_check
-from vmprobe.errors import EXIT_CODES, EXIT_INTERRUPTED, VmprobeError
+from vmprobe.errors import EXIT_CODES, EXIT_INTERRUPTED, ConfigError, VmprobeError
 from vmprobe.host import progress
 from vmprobe.host.processes import install_signal_handlers
 from vmprobe.kernels import DEFAULT_SPEC, get_kernel, list_kernels
 from vmprobe.vm.accel import CHOICES as ACCEL_CHOICES
 from vmprobe.vm.machine import Machine
+from vmprobe.vm.transport import TRANSPORTS
 
 
 def _log(msg: str) -> None:
@@ -50,6 +51,9 @@ def _machine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--boot-timeout", type=float, default=120, help="seconds to reach READY (default 120)")
     p.add_argument("--append", action="append", default=[], help="extra kernel command-line argument")
     p.add_argument("--console-log", type=Path, help="save the guest's serial console to this file")
+    p.add_argument("--transport", choices=TRANSPORTS, default=os.environ.get("VMPROBE_TRANSPORT", "auto"),
+                   help="how commands reach the guest: ssh, serial (the serial agent on a second port: "
+                        "no network needed), or auto: SSH when the guest runs it (default)")
     _cold_arg(p)
 
 
@@ -62,7 +66,7 @@ def _cold_arg(p: argparse.ArgumentParser) -> None:
 def _machine(args, kernel) -> Machine:
     return Machine(kernel, accel=args.accel, smp=args.smp, memory=args.memory,
                    boot_timeout=args.boot_timeout, append=tuple(args.append), warm=not args.cold,
-                   log=_log)
+                   transport=getattr(args, "transport", "auto"), log=_log)
 
 
 def _verbose(args, machine: Machine) -> Machine:
@@ -257,6 +261,9 @@ def _interactive(machine: Machine) -> int:
         channel.shutdown_write()
         return machine.ssh.wait(channel, "sh -s", 3600, stdout=sys.stdout.buffer,
                                 stderr=sys.stderr.buffer).status
+    if machine.ssh.name != "ssh":
+        raise ConfigError("an interactive shell needs SSH (a pty); over the serial transport, pipe a "
+                          "script in: vmprobe shell --transport serial < script.sh")
     size = shutil.get_terminal_size()
     channel = machine.ssh._transport().open_session()
     channel.get_pty(term=os.environ.get("TERM", "vt100"), width=size.columns, height=size.lines)

@@ -44,7 +44,9 @@ from vmprobe.vm import panics
 from vmprobe.vm.accel import choose_accel, qemu_version
 from vmprobe.vm.console import Console, raise_qemu_gone
 from vmprobe.vm.qemu_command import QemuInputs, qemu_command
-from vmprobe.vm.ssh import GuestSsh, RunKeys
+from vmprobe.vm import transport as transports
+from vmprobe.vm.ssh import RunKeys
+from vmprobe.vm.transport import GuestTransport
 
 # the guest's markers, logged through /dev/kmsg (so after a printk timestamp)
 READY = r"\bVMPROBE-READY {nonce}$"
@@ -65,7 +67,7 @@ class Machine:
     def __init__(self, kernel: Kernel, *, accel: str = "auto", memory: str = "1G", smp: int = 1,
                  append: tuple[str, ...] = (), boot_timeout: float = 120, ssh_timeout: float = 30,
                  qemu_args: tuple[str, ...] = (), warm: bool = False, log=None,
-                 _snapshot_source: Path | None = None):
+                 transport: str = "auto", _snapshot_source: Path | None = None):
         self.kernel = kernel
         self.profile: ArchProfile = profile_for(kernel.arch)
         self.requested_accel = accel
@@ -78,7 +80,8 @@ class Machine:
         self.proc: subprocess.Popen | None = None
         self.console: Console | None = None
         self.qmp: QEMUMonitorProtocol | None = None
-        self.ssh: GuestSsh | None = None
+        self.ssh: GuestTransport | None = None   # SSH or the serial agent (vm/transport.py)
+        self.transport = transport               # asked for; self.ssh.name: what it got
         self.accel: str | None = None
         self.ssh_port: int | None = None
         self.command_line: list[str] = []
@@ -153,8 +156,7 @@ class Machine:
                                  f"of {self.kernel.release} under {self.accel})")
         self.timings["boot"] = time.monotonic() - self._started
         t2 = time.monotonic()
-        self.ssh = GuestSsh(self.ssh_port, keys)
-        self.ssh.connect(self.ssh_timeout, alive=self.check_alive)
+        self.ssh = transports.connect(self, keys, self.transport)
         self.timings["ssh"] = time.monotonic() - t2
 
     def _start(self, initrd: Path) -> None:

@@ -4,6 +4,10 @@ A pure function, so the line can be shown or tested without starting QEMU.
 Everything that listens does so on a unix socket in the machine's 0700 dir
 (QMP, gdbstub, the warm-start control port) or on 127.0.0.1 (the SSH
 forward); the guest network is ``restrict=on``: it cannot reach out.
+
+The control port (a second serial port, on arches that have one) is always
+there: warm starts send the run's line on it, and the guest's serial agent
+then serves commands on it (``serial_transport``).
 """
 from __future__ import annotations
 
@@ -38,7 +42,8 @@ def qemu_command(q: QemuInputs) -> list[str]:
     p = q.profile
     append = [f"console={p.console},115200", "panic=-1",
               *p.append, "cryptomgr.notests", f"vmprobe.nonce={q.nonce}",
-              f"vmprobe.warm={p.control_port}" if q.warm else "", *q.extra_append]
+              f"vmprobe.warm={p.control_port}" if q.warm and p.control_port else "",
+              f"vmprobe.agent={p.control_port}" if p.control_port else "", *q.extra_append]
     net = f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{q.ssh_port}-10.0.2.15:22"
     cmd = [
         p.qemu, "-name", f"vmprobe-{q.nonce}", "-M", p.machine,
@@ -58,7 +63,7 @@ def qemu_command(q: QemuInputs) -> list[str]:
         *[arg for device in p.devices for arg in ("-device", device)],
         *q.qemu_args,
     ]
-    if q.warm:  # the control port: identical in the saved and the restored machine
+    if p.control_port:  # the control port: identical in the saved and the restored machine
         cmd += ["-chardev", f"socket,id=ctl0,path={q.control_socket},server=on,wait=off",
                 "-serial", "chardev:ctl0"]
     if q.incoming:
