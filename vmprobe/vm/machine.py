@@ -32,6 +32,7 @@ from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from vmprobe.arch import ArchProfile, image_problem, profile_for
+from vmprobe.arch.eras import diagnose_boot
 from vmprobe.errors import GuestCrash, QemuError, SshError, VmprobeError
 from vmprobe.formats.crash import find_crashes, first_fatal
 from vmprobe.guest import rootfs
@@ -231,7 +232,8 @@ class Machine:
             image=self.kernel.image_path, initrd=initrd, nonce=self.nonce, ssh_port=self.ssh_port,
             console_log=self.console_log, qmp_socket=qmp_path, gdb_socket=self.gdb_socket,
             control_socket=self.control_socket, warm=bool(self._snapshot_source or self._incoming),
-            incoming=self._incoming, extra_append=self.extra_append, qemu_args=self.qemu_args))
+            incoming=self._incoming, extra_append=self.extra_append, qemu_args=self.qemu_args,
+            release=self.kernel.release))
 
     def _start_qemu(self, initrd: Path) -> None:
         qmp_path = self.workdir / "qmp.sock"
@@ -252,7 +254,8 @@ class Machine:
                 listener.close()
                 raise QemuError(f"{self.command_line[0]} not found: install QEMU "
                                 f"({qemu_version(self.command_line[0])})", command=self.command_line) from None
-        self.console = Console(self.console_log, self._exit_reason)
+        self.console = Console(self.console_log, self._exit_reason,
+                               diagnose=lambda text: diagnose_boot(text, self.profile, self.kernel.release))
         try:
             deadline = time.monotonic() + 20
             while True:

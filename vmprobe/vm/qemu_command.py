@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmprobe.arch import ArchProfile
+from vmprobe.arch.eras import boot_settings
 from vmprobe.vm import panics
 
 
@@ -36,18 +37,20 @@ class QemuInputs:
     incoming: Path | None = None       # the saved state to restore
     extra_append: tuple[str, ...] = ()
     qemu_args: tuple[str, ...] = ()
+    release: str = ""                  # the kernel's: old kernels get their boot quirks (arch/eras.py)
 
 
 def qemu_command(q: QemuInputs) -> list[str]:
     p = q.profile
-    append = [f"console={p.console},115200", "panic=-1",
-              *p.append, "cryptomgr.notests", f"vmprobe.nonce={q.nonce}",
+    era = boot_settings(p, q.release)
+    append = [f"console={p.console},115200", f"panic={era.panic}",
+              *era.append, "cryptomgr.notests", f"vmprobe.nonce={q.nonce}",
               f"vmprobe.warm={p.control_port}" if q.warm and p.control_port else "",
               f"vmprobe.agent={p.control_port}" if p.control_port else "", *q.extra_append]
     net = f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{q.ssh_port}-10.0.2.15:22"
     cmd = [
         p.qemu, "-name", f"vmprobe-{q.nonce}", "-M", p.machine,
-        "-accel", q.accel, "-cpu", p.cpu_kvm if q.accel == "kvm" else p.cpu_tcg,
+        "-accel", q.accel, "-cpu", p.cpu_kvm if q.accel == "kvm" else era.cpu_tcg,
         "-smp", str(q.smp), "-m", q.memory,
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-kernel", str(q.image), "-initrd", str(q.initrd),
@@ -56,7 +59,7 @@ def qemu_command(q: QemuInputs) -> list[str]:
         "-chardev", f"socket,id=qmp0,path={q.qmp_socket}", "-mon", "chardev=qmp0,mode=control",
         "-chardev", f"socket,id=gdb0,path={q.gdb_socket},server=on,wait=off",
         "-gdb", "chardev:gdb0",
-        "-netdev", net, "-device", "virtio-net-pci,netdev=net0,romfile=",
+        "-netdev", net, "-device", f"{era.nic},netdev=net0,romfile=",
         "-object", "rng-random,id=rng0,filename=/dev/urandom",
         "-device", "virtio-rng-pci,rng=rng0",
         *panics.qemu_args(p.pvpanic_device),  # the guest goes on to print its panic (panics.py)
