@@ -24,6 +24,7 @@ from vmprobe.formats.crash import find_crashes
 from vmprobe.formats.kprobes_list import ProbeRecord, parse_debugfs_list
 from vmprobe.host.interrupts import checkpoint
 from vmprobe.modules import Module
+from vmprobe.vm import serial_break
 from vmprobe.vm.gdb import Gdb
 from vmprobe.vm.machine import Machine
 
@@ -393,9 +394,13 @@ class ProbeCheck:
         mark = self.m.console.mark()
         self.m.qmp.cmd("send-key", keys=[{"type": "qcode", "data": k} for k in ("alt", "sysrq", "w")])
         ok_key = self._saw(marker, mark, "SysRq-W through QMP send-key")
-        r.sysrq = {"proc": ok_proc, "send_key": ok_key}
+        mark = self.m.console.mark()
+        serial_break.send_sysrq(serial_break.console_socket(self.m.console_log), "w")
+        ok_break = self._saw(marker, mark, "SysRq-W through a BREAK on the serial console")
+        r.sysrq = {"proc": ok_proc, "send_key": ok_key, "serial_break": ok_break}
         r.check("SysRq-W via /proc/sysrq-trigger", ok_proc)
         r.check("SysRq-W via QMP send-key (alt-sysrq-w)", ok_key)
+        r.check("SysRq-W via a serial BREAK then w on the console", ok_break)
 
     def _saw(self, pattern: str, mark: int, what: str) -> bool:
         try:

@@ -142,6 +142,7 @@ def _base_inputs(kernel: Kernel) -> tuple[list[tuple[str, Path]], list[tuple[str
 
 def build_base(kernel: Kernel) -> BaseImage:
     """The cached base initramfs for a kernel (built if missing)."""
+    refuse_without_initrd(kernel)
     files, modules = _base_inputs(kernel)
     init = (ROOTFS_DIR / "init").read_bytes()
     inittab = (ROOTFS_DIR / "inittab").read_bytes()
@@ -158,6 +159,19 @@ def build_base(kernel: Kernel) -> BaseImage:
             with cache.staging(target, is_dir=False) as tmp:
                 tmp.write_bytes(archive)
     return BaseImage(target, key)
+
+
+def refuse_without_initrd(kernel: Kernel) -> None:
+    """A kernel without CONFIG_BLK_DEV_INITRD ignores -initrd: the boot would time out with no
+    guest. Refused up front, unless its config says an initramfs is built into the image."""
+    try:
+        config = kernel.kconfig
+    except OSError:   # no config known: let the boot tell
+        return
+    if config and config.get("CONFIG_BLK_DEV_INITRD") != "y" and not config.get("CONFIG_INITRAMFS_SOURCE"):
+        raise ConfigError(f"{kernel.release} has no initrd support (CONFIG_BLK_DEV_INITRD is not set): "
+                          f"it would ignore vmprobe's guest. Rebuild it with CONFIG_BLK_DEV_INITRD=y, "
+                          f"or with vmprobe's guest built in (CONFIG_INITRAMFS_SOURCE)")
 
 
 def _base_archive(files: list[tuple[str, Path]], modules: list[tuple[str, bytes]],

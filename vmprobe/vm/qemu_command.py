@@ -17,6 +17,7 @@ from pathlib import Path
 from vmprobe.arch import ArchProfile
 from vmprobe.arch.eras import boot_settings
 from vmprobe.vm import panics
+from vmprobe.vm.serial_break import console_socket
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,9 @@ def qemu_command(q: QemuInputs) -> list[str]:
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-kernel", str(q.image), "-initrd", str(q.initrd),
         "-append", " ".join(a for a in append if a),
-        "-chardev", f"file,id=con0,path={q.console_log}", "-serial", "chardev:con0",
+        # the console: logged to its file as it comes; its telnet socket takes a serial BREAK
+        "-chardev", f"socket,id=con0,path={console_socket(q.console_log)},server=on,wait=off,telnet=on,"
+                    f"logfile={q.console_log}", "-serial", "chardev:con0",
         "-chardev", f"socket,id=qmp0,path={q.qmp_socket}", "-mon", "chardev=qmp0,mode=control",
         "-chardev", f"socket,id=gdb0,path={q.gdb_socket},server=on,wait=off",
         "-gdb", "chardev:gdb0",
