@@ -16,7 +16,8 @@ def test_cli_constants_match_their_sources():
     from vmprobe.check.probe import AFTER_ENTRY
     from vmprobe.cli import parser as cli
     from vmprobe.vm.accel import CHOICES
-    assert cli.ACCEL_CHOICES == CHOICES and cli.AFTER_ENTRY == AFTER_ENTRY
+    from vmprobe.vm.transport import TRANSPORTS
+    assert cli.ACCEL_CHOICES == CHOICES and cli.AFTER_ENTRY == AFTER_ENTRY and cli.TRANSPORTS == TRANSPORTS
 
 
 def test_exec_on_imports_no_vm_machinery():

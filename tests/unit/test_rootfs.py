@@ -242,3 +242,15 @@ def test_ldd_closure_missing_library(tmp_path):
     (tmp_path / "libvmprobetest.so").unlink()
     with pytest.raises(ConfigError, match=r"prog needs libvmprobetest\.so, which the host lacks"):
         ldd_closure(tmp_path / "prog")
+
+
+def test_a_kernel_without_initrd_support_is_refused_by_name(tmp_path):
+    from types import SimpleNamespace
+
+    from vmprobe.errors import ConfigError
+    from vmprobe.guest.rootfs import refuse_without_initrd
+    no_initrd = SimpleNamespace(release="2.6.11", kconfig={"CONFIG_KPROBES": "y"})
+    with pytest.raises(ConfigError, match=r"2\.6\.11 has no initrd support \(CONFIG_BLK_DEV_INITRD"):
+        refuse_without_initrd(no_initrd)
+    for config in ({"CONFIG_BLK_DEV_INITRD": "y"}, {"CONFIG_INITRAMFS_SOURCE": "/x/guest.cpio"}, {}):
+        refuse_without_initrd(SimpleNamespace(release="r", kconfig=config))   # allowed (or unknown)

@@ -66,7 +66,7 @@ def test_arch_probes(spec, uname_m, checks, registers, accel, no_leaks):
             regs = d["registers_at_hit"]
             assert regs["names"] == list(registers)
             assert int(regs["pc"], 16) == int(d["probe"]["address"], 16)
-            assert d["sysrq"] == {"proc": True, "send_key": True}
+            assert d["sysrq"] == {"proc": True, "send_key": True, "serial_break": True}
             assert d["crashes"] == []
             if offset == AFTER_ENTRY:
                 assert d["probe"]["offset"] > 0        # past the entry sequence, read from the bytes

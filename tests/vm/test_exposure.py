@@ -3,9 +3,10 @@
 Every socket QEMU holds is found through ``/proc/<pid>/fd`` and looked up in
 ``/proc/net/{tcp,tcp6,udp,udp6,unix}``. The only TCP listener may be the SSH
 forward on 127.0.0.1; no UDP socket may be bound to a non-loopback address;
-the only unix listeners are the gdbstub and, on a warm machine, the control
-port, inside the machine's 0700 dir (QMP is a socket vmprobe listens on and
-QEMU connects to).
+the only unix listeners are the gdbstub, the console (for a serial BREAK) and,
+on arches that have one, the control port (warm starts, the serial agent),
+inside the machine's 0700 dir (QMP is a socket vmprobe listens on and QEMU
+connects to).
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import socket
 import stat
 import struct
 from pathlib import Path
+
+from vmprobe.vm.serial_break import console_socket
 
 TCP_LISTEN = "0A"
 UNIX_ACCEPTCON = 0x10000  # __SO_ACCEPTCON: a listening unix socket
@@ -74,7 +77,8 @@ def test_qemu_listens_on_loopback_and_its_private_dir_only(vm):
     for table, ip, port, _ in inet:  # connections on the forward included: all bound to loopback
         assert ipaddress.ip_address(ip).is_loopback, f"QEMU has a {table} socket on {ip}:{port}"
     listeners = unix_listeners(inodes)
-    expected = {str(vm.gdb_socket)} | ({str(vm.control_socket)} if vm.warm else set())
+    expected = ({str(vm.gdb_socket), str(console_socket(vm.console_log))}
+                | ({str(vm.control_socket)} if vm.profile.control_port else set()))
     assert sorted(listeners) == sorted(expected), listeners
     assert stat.S_IMODE(vm.workdir.stat().st_mode) == 0o700
     assert vm.workdir.stat().st_uid == os.getuid()

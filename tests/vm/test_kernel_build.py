@@ -87,7 +87,7 @@ def test_probe_check_on_the_built_kernel(built, no_leaks, accel):
     with Machine(built, accel=accel) as vm:
         report = run_probe_check(vm, fork, ProbeOptions(offset=0, post_handler=True))
     assert report.verdict == "pass", report.summary()
-    assert report.to_dict()["sysrq"] == {"proc": True, "send_key": True}
+    assert report.to_dict()["sysrq"] == {"proc": True, "send_key": True, "serial_break": True}
 
 
 def test_cli_prints_the_spec_of_the_cached_build(built, vmprobe_cli):

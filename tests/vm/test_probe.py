@@ -27,7 +27,7 @@ def test_mechanism(vm, fork_module, offset, post, mechanism, first_byte, flag):
     assert (flag in d["probe"]["list_flags"]) if flag else not d["probe"]["list_flags"]
     assert d["hits"] > 0
     assert int(d["registers_at_hit"]["pc"], 16) == int(d["probe"]["address"], 16)
-    assert d["sysrq"] == {"proc": True, "send_key": True}
+    assert d["sysrq"] == {"proc": True, "send_key": True, "serial_break": True}
     assert d["crashes"] == []
     if post:
         assert d["probe"]["post_hits"] > 0 and d["probe"]["task_dump_lines"] > 0

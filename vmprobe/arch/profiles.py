@@ -45,6 +45,10 @@ class ArchProfile:
     static_cc: tuple[str, ...] = ("gcc", "gcc-12")
     static_cflags: tuple[str, ...] = ()
     percpu_base_register: str = ""  # gdb register holding the per-CPU base in the kernel ("" = unknown)
+    config_symbol: str = ""          # the Kconfig symbol a kernel .config of this arch sets
+    old_arch_dir: str = ""           # its arch/ dir in 2.6-era trees (before the x86 merge), if any
+    code_model_cflags: tuple[str, ...] = ()   # what an old tree's module build must add for the code model
+    plt32_since: tuple[int, ...] | None = None  # first kernel whose module loader takes R_*_PLT32
     return_register: str = ""        # gdb's name of the register a function returns its value in
     syscall_prefix: str = ""         # the arch's syscall wrapper prefix in kallsyms (4.17+ x86, arm64)
 
@@ -72,6 +76,8 @@ PROFILES = {
         name="x86_64", debian_arch="amd64", qemu="qemu-system-x86_64", machine="pc",
         cpu_tcg="max", cpu_kvm="host", console="ttyS0", append=("nopti",),
         gdb_arch="i386:x86-64", pc_register="rip", flags_register="eflags", percpu_base_register="gs_base",
+        config_symbol="CONFIG_X86_64", old_arch_dir="x86_64", code_model_cflags=("-mcmodel=kernel",),
+        plt32_since=(4, 16),
         host_machines=("x86_64",), cross_compile="x86_64-linux-gnu-", control_port="ttyS1",
         sites=X86Sites(bits=64), elf_machine=62, multiarch="x86_64-linux-gnu",
         assembler=("as", "--64"), qemu_package="qemu-system-x86",
@@ -84,6 +90,7 @@ PROFILES = {
         gdb_arch="i386", pc_register="eip", flags_register="eflags",
         host_machines=("x86_64", "i686"), cross_compile="i686-linux-gnu-", control_port="ttyS1",
         sites=X86Sites(bits=32), elf_machine=3, multiarch="i386-linux-gnu", bits=32, static_cflags=("-m32",),
+        config_symbol="CONFIG_X86_32", old_arch_dir="i386", code_model_cflags=("-m32",), plt32_since=(5, 12),
         assembler=("as", "--32"), qemu_package="qemu-system-x86",
         tree_images=("arch/x86/boot/bzImage",), aliases=("i686", "x86_32"),
         return_register="eax", syscall_prefix="__ia32_sys_",
@@ -96,7 +103,7 @@ PROFILES = {
         host_machines=("aarch64",), pvpanic_device="pvpanic-pci", devices=("virtio-keyboard-pci",),
         image_kind="Image",
         kbuild_arch="arm64", cross_compile="aarch64-linux-gnu-",
-        static_cc=("aarch64-linux-gnu-gcc", "aarch64-linux-gnu-gcc-12"),
+        static_cc=("aarch64-linux-gnu-gcc", "aarch64-linux-gnu-gcc-12"), config_symbol="CONFIG_ARM64",
         breakpoint_mechanism=Mechanism.BRK, has_optprobes=False, has_ftrace_probes=False,
         sites=Arm64Sites(), elf_machine=183, multiarch="aarch64-linux-gnu",
         assembler=("aarch64-linux-gnu-as",), qemu_package="qemu-system-arm",

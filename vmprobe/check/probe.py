@@ -21,6 +21,7 @@ from vmprobe.arch import SITE_WINDOW, Mechanism, agrees_with_flags
 from vmprobe.check.any_module import run_any_module
 from vmprobe.check.report import ProbeReport
 from vmprobe.check.symbols import FORK_SYMBOLS, fork_symbol, resolve_symbols
+from vmprobe.check.sysrq import sysrq_three_ways
 from vmprobe.errors import CommandTimeout, ModuleLoadError, ProbeSiteError, VmprobeError
 from vmprobe.formats.crash import find_crashes
 from vmprobe.formats.kprobes_list import ProbeRecord, parse_debugfs_list
@@ -353,25 +354,7 @@ class ProbeCheck:
                 + (f" (hit by {hit.task.comm} pid {hit.task.pid})" if hit.task else ""))
 
     def _sysrq(self) -> None:
-        r = self.report
-        marker = r"sysrq: Show Blocked State"
-        mark = self.m.console.mark()
-        self.m.run("echo w > /proc/sysrq-trigger", 15)
-        ok_proc = self._saw(marker, mark, "SysRq-W through /proc/sysrq-trigger")
-        self.m.run("echo 1 > /proc/sys/kernel/sysrq", 15)
-        mark = self.m.console.mark()
-        self.m.qmp.cmd("send-key", keys=[{"type": "qcode", "data": k} for k in ("alt", "sysrq", "w")])
-        ok_key = self._saw(marker, mark, "SysRq-W through QMP send-key")
-        r.sysrq = {"proc": ok_proc, "send_key": ok_key}
-        r.check("SysRq-W via /proc/sysrq-trigger", ok_proc)
-        r.check("SysRq-W via QMP send-key (alt-sysrq-w)", ok_key)
-
-    def _saw(self, pattern: str, mark: int, what: str) -> bool:
-        try:
-            self.m.console.expect(pattern, 10, since=mark, what=what, error=CommandTimeout)
-            return True
-        except CommandTimeout:
-            return False
+        sysrq_three_ways(self.m, self.report)
 
     def _rmmod(self) -> None:
         r, st = self.report, self.run_state

@@ -26,7 +26,7 @@ def _machine(args, kernel) -> Machine:
     smp = args.smp or default_smp(getattr(args, "scenario", None))
     return Machine(kernel, accel=args.accel, smp=smp, memory=args.memory,
                    boot_timeout=args.boot_timeout, append=tuple(args.append), warm=not args.cold,
-                   log=_log)
+                   transport=getattr(args, "transport", "auto"), log=_log)
 
 def _kernel_and_machine(args):
     from vmprobe.kernels import get_kernel

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 ACCEL_CHOICES = ("auto", "kvm", "tcg")   # vmprobe.vm.accel.CHOICES (tests/unit/test_live_wire.py)
 
 AFTER_ENTRY = "after-entry"              # vmprobe.check.probe.AFTER_ENTRY (likewise)
+TRANSPORTS = ("auto", "ssh", "serial")   # vmprobe.vm.transport.TRANSPORTS (likewise)
 
 def _offset(text: str) -> int | str:
     if text == AFTER_ENTRY:
@@ -44,6 +45,9 @@ def _machine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--boot-timeout", type=float, default=120, help="seconds to reach READY (default 120)")
     p.add_argument("--append", action="append", default=[], help="extra kernel command-line argument")
     p.add_argument("--console-log", type=Path, help="save the guest's serial console to this file")
+    p.add_argument("--transport", choices=TRANSPORTS, default=os.environ.get("VMPROBE_TRANSPORT", "auto"),
+                   help="how commands reach the guest: ssh, serial (the serial agent on a second port: "
+                        "no network needed), or auto: SSH when the guest runs it (default)")
     _cold_arg(p)
 
 def _cold_arg(p: argparse.ArgumentParser) -> None:

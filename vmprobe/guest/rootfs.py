@@ -142,10 +142,12 @@ def _base_inputs(kernel: Kernel) -> tuple[list[tuple[str, Path]], list[tuple[str
 
 def build_base(kernel: Kernel) -> BaseImage:
     """The cached base initramfs for a kernel (built if missing)."""
+    refuse_without_initrd(kernel)
     files, modules = _base_inputs(kernel)
     init = (ROOTFS_DIR / "init").read_bytes()
     inittab = (ROOTFS_DIR / "inittab").read_bytes()
-    key = cache.digest("rootfs-v1", init, inittab, kernel.release, kernel.image_sha256,
+    agent = (ROOTFS_DIR / "agent").read_bytes()
+    key = cache.digest("rootfs-v1", init, inittab, agent, kernel.release, kernel.image_sha256,
                        *[f"{g}:{cache.sha256_file(h)}" for g, h in files],
                        *[f"{n}:{cache.digest(d)}" for n, d in modules])
     target = cache_dir("rootfs") / f"{key}.cpio.gz"
@@ -153,14 +155,27 @@ def build_base(kernel: Kernel) -> BaseImage:
         return BaseImage(target, key)
     with cache.locked(target):
         if not target.exists():
-            archive = _base_archive(files, modules, init, inittab)
+            archive = _base_archive(files, modules, init, inittab, agent)
             with cache.staging(target, is_dir=False) as tmp:
                 tmp.write_bytes(archive)
     return BaseImage(target, key)
 
 
+def refuse_without_initrd(kernel: Kernel) -> None:
+    """A kernel without CONFIG_BLK_DEV_INITRD ignores -initrd: the boot would time out with no
+    guest. Refused up front, unless its config says an initramfs is built into the image."""
+    try:
+        config = kernel.kconfig
+    except OSError:   # no config known: let the boot tell
+        return
+    if config and config.get("CONFIG_BLK_DEV_INITRD") != "y" and not config.get("CONFIG_INITRAMFS_SOURCE"):
+        raise ConfigError(f"{kernel.release} has no initrd support (CONFIG_BLK_DEV_INITRD is not set): "
+                          f"it would ignore vmprobe's guest. Rebuild it with CONFIG_BLK_DEV_INITRD=y, "
+                          f"or with vmprobe's guest built in (CONFIG_INITRAMFS_SOURCE)")
+
+
 def _base_archive(files: list[tuple[str, Path]], modules: list[tuple[str, bytes]],
-                  init: bytes, inittab: bytes) -> bytes:
+                  init: bytes, inittab: bytes, agent: bytes = b"") -> bytes:
     a = NewcArchive()
     for d in ("bin", "dev", "proc", "sys", "tmp", "run", "root", "etc/dropbear", "etc/vmprobe",
               GUEST_MODULE_DIR, "usr/lib", "var"):
@@ -183,6 +198,8 @@ def _base_archive(files: list[tuple[str, Path]], modules: list[tuple[str, bytes]
             a.symlink(f"bin/{applet}", "busybox")
     a.file("init", init, 0o755)
     a.file("etc/inittab", inittab)
+    if agent:  # the serial transport's guest side (rootfs/agent)
+        a.file("bin/vmprobe-agent", agent, 0o755)
     a.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
     a.file("etc/group", b"root:x:0:\ntty:x:5:\n")
     a.file("etc/shells", b"/bin/sh\n/bin/ash\n")

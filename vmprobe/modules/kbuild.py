@@ -21,6 +21,7 @@ from vmprobe.formats.elf import modinfo, read_module
 from vmprobe.host import cache, progress
 from vmprobe.host.interrupts import checkpoint
 from vmprobe.kernels import Kernel
+from vmprobe.modules import old_kbuild
 from vmprobe.modules.toolchain import build_env
 
 FORK_PROBE = TEMPLATES_DIR / "vmprobe_fork.c"
@@ -121,7 +122,8 @@ def _kbuild(source: Path, base: Path, files: list[Path], kernel: Kernel, out: Pa
     with build_env(kernel, work, log) as env:
         cc = kbuild_cc(kernel)
         cmd = ["make", "-C", env.build_dir, f"M={env.work_dir}", *kbuild_arch_args(kernel),
-               f"CC={cc}", f"HOSTCC={kernel.cc}", f"-j{os.cpu_count() or 1}", "modules"]
+               f"CC={cc}", f"HOSTCC={kernel.cc}", f"-j{os.cpu_count() or 1}",
+               *old_kbuild.make_args(kernel.build_path, cc), "modules"]   # 2.6 trees: old_kbuild.py
         if log:
             log(f"vmprobe: building {source.name} for {kernel.release} with {cc} ({env.where})")
         checkpoint("build")
@@ -135,7 +137,10 @@ def _kbuild(source: Path, base: Path, files: list[Path], kernel: Kernel, out: Pa
     (out / "build.log").write_text(" ".join(cmd) + f"\n# in {env.where}\n" + output)
     if proc.returncode != 0:
         raise ModuleBuildError(_summarise(output, source, kernel), detail=output[-4000:])
+    old = old_kbuild.probe_tree(kernel.build_path).is_old
     for ko in work.rglob("*.ko"):
+        if old:  # the kernel's compiler in vermagic, PLT32 → PC32
+            old_kbuild.finish(ko, kernel.build_path, kernel_vermagic(kernel), profile_for(kernel.arch).name)
         shutil.move(str(ko), out / ko.name)
     shutil.rmtree(work)
 

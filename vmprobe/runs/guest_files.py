@@ -133,6 +133,9 @@ def interactive(machine) -> int:
         channel.shutdown_write()
         return machine.ssh.wait(channel, "sh -s", 3600, stdout=sys.stdout.buffer,
                                 stderr=sys.stderr.buffer).status
+    if machine.ssh.name != "ssh":
+        raise ConfigError("an interactive shell needs SSH (a pty); over the serial transport, pipe a "
+                          "script in: vmprobe shell --transport serial < script.sh")
     size = shutil.get_terminal_size()
     channel = machine.ssh._transport().open_session()
     channel.get_pty(term=os.environ.get("TERM", "vt100"), width=size.columns, height=size.lines)

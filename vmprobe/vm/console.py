@@ -21,9 +21,11 @@ FIRST_POLL = 0.005  # the pause starts short and doubles: a quick answer is seen
 
 
 class Console:
-    def __init__(self, path: Path, exited: Callable[[], str | None] | None = None):
+    def __init__(self, path: Path, exited: Callable[[], str | None] | None = None,
+                 diagnose: Callable[[str], str] | None = None):
         self.path = path
         self._exited = exited or (lambda: None)
+        self._diagnose = diagnose   # a boot timeout's likely cause, from the console text
         self._text = ""
         self._offset = 0
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -80,7 +82,10 @@ class Console:
                 self.refresh()
                 raise_qemu_gone(gone, what, self)
             if time.monotonic() >= deadline:
-                raise error(f"timed out after {timeout:.0f}s waiting for {what}", detail=self.tail())
+                cause = (f"; likely cause: {self._diagnose(text)}"
+                         if self._diagnose and error is BootTimeout else "")
+                raise error(f"timed out after {timeout:.0f}s waiting for {what}{cause}",
+                            detail=self.tail() or "(the console is empty)")
             time.sleep(pause)
             pause = min(pause * 2, POLL)
 

@@ -32,6 +32,7 @@ from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from vmprobe.arch import ArchProfile, image_problem, profile_for
+from vmprobe.arch.eras import diagnose_boot
 from vmprobe.errors import GuestCrash, QemuError, SshError, VmprobeError
 from vmprobe.formats.crash import find_crashes, first_fatal
 from vmprobe.guest import rootfs
@@ -41,10 +42,12 @@ from vmprobe.host.interrupts import checkpoint, deferred_signals
 from vmprobe.host.processes import die_with_parent, reap_group, runtime_dir
 from vmprobe.kernels import Kernel
 from vmprobe.vm import panics
+from vmprobe.vm import transport as transports
 from vmprobe.vm.accel import choose_accel, qemu_version
 from vmprobe.vm.console import Console, raise_qemu_gone
 from vmprobe.vm.qemu_command import QemuInputs, qemu_command
-from vmprobe.vm.ssh import GuestSsh, RunKeys
+from vmprobe.vm.ssh import RunKeys
+from vmprobe.vm.transport import GuestTransport
 
 # the guest's markers, logged through /dev/kmsg (so after a printk timestamp)
 READY = r"\bVMPROBE-READY {nonce}$"
@@ -65,7 +68,7 @@ class Machine:
     def __init__(self, kernel: Kernel, *, accel: str = "auto", memory: str = "1G", smp: int = 1,
                  append: tuple[str, ...] = (), boot_timeout: float = 120, ssh_timeout: float = 30,
                  qemu_args: tuple[str, ...] = (), warm: bool = False, log=None,
-                 _snapshot_source: Path | None = None):
+                 transport: str = "auto", _snapshot_source: Path | None = None):
         self.kernel = kernel
         self.profile: ArchProfile = profile_for(kernel.arch)
         self.requested_accel = accel
@@ -78,7 +81,8 @@ class Machine:
         self.proc: subprocess.Popen | None = None
         self.console: Console | None = None
         self.qmp: QEMUMonitorProtocol | None = None
-        self.ssh: GuestSsh | None = None
+        self.ssh: GuestTransport | None = None   # SSH or the serial agent (vm/transport.py)
+        self.transport = transport               # asked for; self.ssh.name: what it got
         self.accel: str | None = None
         self.ssh_port: int | None = None
         self.command_line: list[str] = []
@@ -153,8 +157,7 @@ class Machine:
                                  f"of {self.kernel.release} under {self.accel})")
         self.timings["boot"] = time.monotonic() - self._started
         t2 = time.monotonic()
-        self.ssh = GuestSsh(self.ssh_port, keys)
-        self.ssh.connect(self.ssh_timeout, alive=self.check_alive)
+        self.ssh = transports.connect(self, keys, self.transport)
         self.timings["ssh"] = time.monotonic() - t2
 
     def _start(self, initrd: Path) -> None:
@@ -229,7 +232,8 @@ class Machine:
             image=self.kernel.image_path, initrd=initrd, nonce=self.nonce, ssh_port=self.ssh_port,
             console_log=self.console_log, qmp_socket=qmp_path, gdb_socket=self.gdb_socket,
             control_socket=self.control_socket, warm=bool(self._snapshot_source or self._incoming),
-            incoming=self._incoming, extra_append=self.extra_append, qemu_args=self.qemu_args))
+            incoming=self._incoming, extra_append=self.extra_append, qemu_args=self.qemu_args,
+            release=self.kernel.release))
 
     def _start_qemu(self, initrd: Path) -> None:
         qmp_path = self.workdir / "qmp.sock"
@@ -250,7 +254,8 @@ class Machine:
                 listener.close()
                 raise QemuError(f"{self.command_line[0]} not found: install QEMU "
                                 f"({qemu_version(self.command_line[0])})", command=self.command_line) from None
-        self.console = Console(self.console_log, self._exit_reason)
+        self.console = Console(self.console_log, self._exit_reason,
+                               diagnose=lambda text: diagnose_boot(text, self.profile, self.kernel.release))
         try:
             deadline = time.monotonic() + 20
             while True:

@@ -4,6 +4,10 @@ A pure function, so the line can be shown or tested without starting QEMU.
 Everything that listens does so on a unix socket in the machine's 0700 dir
 (QMP, gdbstub, the warm-start control port) or on 127.0.0.1 (the SSH
 forward); the guest network is ``restrict=on``: it cannot reach out.
+
+The control port (a second serial port, on arches that have one) is always
+there: warm starts send the run's line on it, and the guest's serial agent
+then serves commands on it (``serial_transport``).
 """
 from __future__ import annotations
 
@@ -11,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmprobe.arch import ArchProfile
+from vmprobe.arch.eras import boot_settings
 from vmprobe.vm import panics
+from vmprobe.vm.serial_break import console_socket
 
 
 @dataclass(frozen=True)
@@ -32,33 +38,38 @@ class QemuInputs:
     incoming: Path | None = None       # the saved state to restore
     extra_append: tuple[str, ...] = ()
     qemu_args: tuple[str, ...] = ()
+    release: str = ""                  # the kernel's: old kernels get their boot quirks (arch/eras.py)
 
 
 def qemu_command(q: QemuInputs) -> list[str]:
     p = q.profile
-    append = [f"console={p.console},115200", "panic=-1",
-              *p.append, "cryptomgr.notests", f"vmprobe.nonce={q.nonce}",
-              f"vmprobe.warm={p.control_port}" if q.warm else "", *q.extra_append]
+    era = boot_settings(p, q.release)
+    append = [f"console={p.console},115200", f"panic={era.panic}",
+              *era.append, "cryptomgr.notests", f"vmprobe.nonce={q.nonce}",
+              f"vmprobe.warm={p.control_port}" if q.warm and p.control_port else "",
+              f"vmprobe.agent={p.control_port}" if p.control_port else "", *q.extra_append]
     net = f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{q.ssh_port}-10.0.2.15:22"
     cmd = [
         p.qemu, "-name", f"vmprobe-{q.nonce}", "-M", p.machine,
-        "-accel", q.accel, "-cpu", p.cpu_kvm if q.accel == "kvm" else p.cpu_tcg,
+        "-accel", q.accel, "-cpu", p.cpu_kvm if q.accel == "kvm" else era.cpu_tcg,
         "-smp", str(q.smp), "-m", q.memory,
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-kernel", str(q.image), "-initrd", str(q.initrd),
         "-append", " ".join(a for a in append if a),
-        "-chardev", f"file,id=con0,path={q.console_log}", "-serial", "chardev:con0",
+        # the console: logged to its file as it comes; its telnet socket takes a serial BREAK
+        "-chardev", f"socket,id=con0,path={console_socket(q.console_log)},server=on,wait=off,telnet=on,"
+                    f"logfile={q.console_log}", "-serial", "chardev:con0",
         "-chardev", f"socket,id=qmp0,path={q.qmp_socket}", "-mon", "chardev=qmp0,mode=control",
         "-chardev", f"socket,id=gdb0,path={q.gdb_socket},server=on,wait=off",
         "-gdb", "chardev:gdb0",
-        "-netdev", net, "-device", "virtio-net-pci,netdev=net0,romfile=",
+        "-netdev", net, "-device", f"{era.nic},netdev=net0,romfile=",
         "-object", "rng-random,id=rng0,filename=/dev/urandom",
         "-device", "virtio-rng-pci,rng=rng0",
         *panics.qemu_args(p.pvpanic_device),  # the guest goes on to print its panic (panics.py)
         *[arg for device in p.devices for arg in ("-device", device)],
         *q.qemu_args,
     ]
-    if q.warm:  # the control port: identical in the saved and the restored machine
+    if p.control_port:  # the control port: identical in the saved and the restored machine
         cmd += ["-chardev", f"socket,id=ctl0,path={q.control_socket},server=on,wait=off",
                 "-serial", "chardev:ctl0"]
     if q.incoming:

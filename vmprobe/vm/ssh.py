@@ -66,6 +66,8 @@ class CommandResult:
 class GuestSsh:
     """One SSH connection to the guest (through QEMU's loopback forward)."""
 
+    name = "ssh"
+
     def __init__(self, port: int, keys: RunKeys, host: str = "127.0.0.1"):
         self.host, self.port, self.keys = host, port, keys
         self.client: paramiko.SSHClient | None = None

@@ -1,0 +1,54 @@
+"""The serial BREAK client (vm/serial_break.py) against a stand-in for QEMU's telnet socket,
+and the console chardev that makes it possible."""
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from vmprobe.arch import PROFILES
+from vmprobe.vm.qemu_command import QemuInputs, qemu_command
+from vmprobe.vm.serial_break import IAC_BREAK, console_socket, send_sysrq
+
+
+def test_break_then_key_while_draining_output(tmp_path):
+    path = tmp_path / "console.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+    got = bytearray()
+
+    def qemu() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(b"\xff\xfb\x01" + b"console output " * 1000)   # negotiation, then output
+            conn.settimeout(2)
+            while data := conn.recv(100):
+                got.extend(data)
+
+    worker = threading.Thread(target=qemu)
+    worker.start()
+    send_sysrq(path, "w", settle=0.1)
+    worker.join(5)
+    server.close()
+    assert bytes(got) == IAC_BREAK + b"w"
+
+
+def test_refusals(tmp_path):
+    with pytest.raises(ValueError):
+        send_sysrq(tmp_path / "x", "ww")
+    from vmprobe.errors import QemuError
+    with pytest.raises(QemuError, match="console socket"):
+        send_sysrq(tmp_path / "missing.sock", "w")
+
+
+def test_console_is_a_logged_telnet_socket():
+    p = Path("/run/m/console.log")
+    line = qemu_command(QemuInputs(profile=PROFILES["amd64"], accel="tcg", smp=1, memory="1G", image=p,
+                                   initrd=p, nonce="n", ssh_port=2222, console_log=p, qmp_socket=p,
+                                   gdb_socket=p, control_socket=p))
+    chardev = next(a for a in line if a.startswith("socket,id=con0,"))
+    assert f"path={console_socket(p)}" in chardev and "telnet=on" in chardev
+    assert f"logfile={p}" in chardev and "server=on,wait=off" in chardev
