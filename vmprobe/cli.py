@@ -37,6 +37,15 @@ def _offset(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"not an offset (an integer or {AFTER_ENTRY}): {text!r}") from None
 
 
+def _regex(text: str) -> str:
+    import re
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise argparse.ArgumentTypeError(f"not a regular expression ({exc}): {text!r}") from None
+    return text
+
+
 def _machine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernel", "-k", default=DEFAULT_SPEC,
                    help=f"kernel spec, e.g. debian:bookworm, debian:bookworm/cloud-amd64@6.1.0-56, "
@@ -119,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--expect-mechanism", choices=[m.value for m in Mechanism if m.armed],
                     help="fail unless the probe is armed this way")
     pr.add_argument("--json", type=Path, help="write the report as JSON here")
+    pr.add_argument("--allow-splat", action="append", default=[], metavar="REGEX", type=_regex,
+                    help="a splat (WARNING, lockdep, KASAN… the kernel lived on after) whose title "
+                         "matches REGEX does not fail the check (repeatable)")
 
     gd = sub.add_parser("gdb", help="boot a kernel and attach gdb to it, with its symbols",
                         description="gdb on the guest's gdbstub, with the kernel's symbols (from its "
@@ -295,7 +307,8 @@ def cmd_probe(args) -> int:
     try:
         with machine:
             run = run_check(machine, module, options, source=args.module,
-                            expect_mechanism=args.expect_mechanism, build_seconds=build_time, log=_log)
+                            expect_mechanism=args.expect_mechanism, build_seconds=build_time, log=_log,
+                            allow=_allow_rules(args.allow_splat))
     finally:
         _save_console(machine, args.console_log)
     if args.json:
@@ -304,6 +317,11 @@ def cmd_probe(args) -> int:
         raise run.error
     print(run.report.summary())
     return 0 if run.report.verdict == "pass" else 1
+
+
+def _allow_rules(patterns: list[str]):
+    from vmprobe.check.findings import rules
+    return rules(patterns, "--allow-splat")
 
 
 def cmd_matrix(args) -> int:

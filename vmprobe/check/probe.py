@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from vmprobe.arch import SITE_WINDOW, Mechanism, agrees_with_flags
-from vmprobe.check.report import ProbeReport
+from vmprobe.check.report import ProbeReport, split_findings
 from vmprobe.errors import CommandTimeout, GdbError, ModuleLoadError, VmprobeError
 from vmprobe.formats.crash import find_crashes
 from vmprobe.formats.kprobes_list import ProbeRecord, parse_debugfs_list
@@ -144,7 +144,7 @@ class ProbeCheck:
         finally:
             self._cleanup()
             text = self.m.console.since(self._start_mark)
-            r.crashes = [c.to_dict() for c in find_crashes(text)]
+            r.crashes, r.findings = split_findings(find_crashes(text))
         return r
 
     def _run(self) -> None:
@@ -429,7 +429,7 @@ class ProbeCheck:
 
     def _cleanup(self) -> None:
         # after a crash report the kernel is damaged: rmmod could hang, so leave it
-        crashed = bool(find_crashes(self.m.console.since(self._start_mark)))
+        crashed = any(not c.is_splat for c in find_crashes(self.m.console.since(self._start_mark)))
         if self._loaded and not crashed:
             with contextlib.suppress(Exception):
                 self.m.run(f"rmmod {self.module.name}", 15)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmprobe.arch import PROFILES, Mechanism
+from vmprobe.check import findings as _findings
 from vmprobe.check.probe import AFTER_ENTRY, ProbeCheck, ProbeOptions
 from vmprobe.check.report import ProbeReport
 from vmprobe.errors import VmprobeError
@@ -136,16 +137,19 @@ class CheckRun:
 
 def run_check(machine: Machine, module: Module, options: ProbeOptions, *, source: Path | None = None,
               expect_mechanism: str | None = None, build_seconds: float | None = None, log=None,
-              on_start=None) -> CheckRun:
+              on_start=None, allow: "list[_findings.AllowRule] | tuple" = ()) -> CheckRun:
     """Run the probe check on a booted ``machine``; vmprobe's errors are kept in the result.
 
     ``source`` is the module's source as the user named it (None: the built-in
     template), for the repro block. ``on_start(check)`` is called before the
     check runs (the pytest plugin keeps the report for failure artefacts).
+    ``allow``: the rules that allow splat findings (``findings.AllowRule``);
+    a finding none allows fails the check.
     """
     check = ProbeCheck(machine, module, options, log=log)
     report = check.report
     report.repro = repro_inputs(machine, module, source, options, expect_mechanism)
+    report.repro["allow_splats"] = [{"pattern": a.pattern, "source": a.source} for a in allow]
     if on_start:
         on_start(check)
     t0 = time.monotonic()
@@ -155,6 +159,7 @@ def run_check(machine: Machine, module: Module, options: ProbeOptions, *, source
     except VmprobeError as exc:
         error = exc
     seconds = time.monotonic() - t0
+    _findings.allow(report.findings, allow)
     report.timings = {**({"build": build_seconds} if build_seconds is not None else {}),
                       **{f"vm-{k}": v for k, v in machine.timings.items()}, **report.timings}
     if expect_mechanism and error is None:
