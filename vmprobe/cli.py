@@ -128,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--expect-mechanism", choices=[m.value for m in Mechanism if m.armed],
                     help="fail unless the probe is armed this way")
     pr.add_argument("--json", type=Path, help="write the report as JSON here")
+    pr.add_argument("--repeat", type=int, default=1, metavar="N",
+                    help="N load → trigger → unload cycles on one VM, each verified, memory read after "
+                         "each, with a leak verdict (default 1)")
+    pr.add_argument("--leak-threshold", type=float, default=None, metavar="KIB",
+                    help="--repeat: a leak is unreclaimable slab growing faster than this many KiB per "
+                         "cycle (default 16)")
     pr.add_argument("--allow-splat", action="append", default=[], metavar="REGEX", type=_regex,
                     help="a splat (WARNING, lockdep, KASAN… the kernel lived on after) whose title "
                          "matches REGEX does not fail the check (repeatable)")
@@ -308,7 +314,8 @@ def cmd_probe(args) -> int:
         with machine:
             run = run_check(machine, module, options, source=args.module,
                             expect_mechanism=args.expect_mechanism, build_seconds=build_time, log=_log,
-                            allow=_allow_rules(args.allow_splat))
+                            allow=_allow_rules(args.allow_splat), repeat=max(1, args.repeat),
+                            **({"leak_threshold_kb": args.leak_threshold} if args.leak_threshold else {}))
     finally:
         _save_console(machine, args.console_log)
     if args.json:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from vmprobe.arch import PROFILES, Mechanism
 from vmprobe.check import findings as _findings
+from vmprobe.check import repeat as _repeat
 from vmprobe.check.probe import AFTER_ENTRY, ProbeCheck, ProbeOptions
 from vmprobe.check.report import ProbeReport
 from vmprobe.errors import VmprobeError
@@ -137,27 +138,35 @@ class CheckRun:
 
 def run_check(machine: Machine, module: Module, options: ProbeOptions, *, source: Path | None = None,
               expect_mechanism: str | None = None, build_seconds: float | None = None, log=None,
-              on_start=None, allow: "list[_findings.AllowRule] | tuple" = ()) -> CheckRun:
+              on_start=None, allow: "list[_findings.AllowRule] | tuple" = (), repeat: int = 1,
+              leak_threshold_kb: float = _repeat.LEAK_THRESHOLD_KB) -> CheckRun:
     """Run the probe check on a booted ``machine``; vmprobe's errors are kept in the result.
 
     ``source`` is the module's source as the user named it (None: the built-in
     template), for the repro block. ``on_start(check)`` is called before the
     check runs (the pytest plugin keeps the report for failure artefacts).
     ``allow``: the rules that allow splat findings (``findings.AllowRule``);
-    a finding none allows fails the check.
+    a finding none allows fails the check. ``repeat`` > 1: that many load → trigger →
+    unload cycles on this machine, memory read after each, a leak verdict (``check/repeat.py``).
     """
     check = ProbeCheck(machine, module, options, log=log)
     report = check.report
     report.repro = repro_inputs(machine, module, source, options, expect_mechanism)
     report.repro["allow_splats"] = [{"pattern": a.pattern, "source": a.source} for a in allow]
+    if repeat > 1:
+        report.repro["repeat"] = repeat
     if on_start:
         on_start(check)
     t0 = time.monotonic()
     error = None
     try:
+        before = _repeat.memory(machine, module.name) if repeat > 1 else {}
         check.run()
     except VmprobeError as exc:
         error = exc
+    if repeat > 1 and before:
+        error = _repeat.run_cycles(machine, module, options, report, time.monotonic() - t0, error, before,
+                                   repeat, leak_threshold_kb, log)
     seconds = time.monotonic() - t0
     _findings.allow(report.findings, allow)
     report.timings = {**({"build": build_seconds} if build_seconds is not None else {}),

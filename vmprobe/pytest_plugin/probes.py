@@ -77,7 +77,7 @@ class ProbeChecker:
         self.allow = list(allow)   # splat allow rules: the test's markers, then [tool.vmprobe]
 
     def __call__(self, module: "Module | str | os.PathLike[str] | None" = None, *,
-                 expect_mechanism: str | None = None, **options) -> "ProbeReport":
+                 expect_mechanism: str | None = None, repeat: int = 1, **options) -> "ProbeReport":
         from vmprobe import modules
         from vmprobe.check.probe import ProbeOptions
         from vmprobe.check.run import run_check
@@ -101,7 +101,8 @@ class ProbeChecker:
         build_time = time.monotonic() - t0
         run = run_check(self.vm, mod, ProbeOptions(**options), source=source,
                         expect_mechanism=expect_mechanism, build_seconds=build_time,
-                        on_start=lambda check: self.on_report(check.report), allow=self.allow)
+                        on_start=lambda check: self.on_report(check.report), allow=self.allow,
+                        repeat=repeat)
         if run.error:
             raise run.error
         return run.report

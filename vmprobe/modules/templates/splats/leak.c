@@ -5,7 +5,7 @@
 #define SPLAT_NAME "leak"
 #include "splat_probe.h"
 
-static unsigned int bytes = 4096;
+static unsigned int bytes = 8192;   /* kmalloc-8k: the largest kmalloc slab cache */
 module_param(bytes, uint, 0444);
 MODULE_PARM_DESC(bytes, "bytes leaked per hit");
 
