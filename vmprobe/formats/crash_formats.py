@@ -59,6 +59,10 @@ _FN = r"[A-Za-z_$][\w$]*"           # a function name without its suffixes
 # A stall report also dumps the RCU grace-period kthread (asleep in schedule()): not the culprit.
 _STALL_SKIP = (r"_*schedule\w*", r"schedule\w*", r"kthread", r"ret_from_fork\w*", r"worker_thread",
                r"smpboot_thread_fn")
+#: What a sleeping call goes through before might_sleep() complains: the caller is the culprit.
+_SLEEPERS = (r"_*might_\w+", r"might_\w+", r"\w*mutex_lock\w*", r"_*down\w*", r"\w*rwsem\w*",
+             r"_*cond_resched\w*", r"msleep\w*", r"_*schedule_timeout\w*", r"\w*slab_pre_alloc\w*",
+             r"\w*kmem_cache_alloc\w*", r"_*kmalloc\w*", r"\w*alloc_pages\w*", r"slab_alloc\w*")
 _KPROBE_FOLLOWERS = r"kernel BUG at |invalid opcode: |Oops: |WARNING: |BUG: |general protection fault"
 
 #: The table. First matching row wins, so specific rows come before generic ones.
@@ -112,8 +116,7 @@ FORMATS: list[Format] = [
     _F("bug", r"BUG: scheduling while atomic", "BUG: scheduling while atomic in {func}", stack="trace",
        skip=(r"_*schedule\w*", r"schedule\w*", r"preempt_schedule\w*"), splat="atomic-sleep"),
     _F("bug", r"BUG: sleeping function called from invalid context", "BUG: sleeping function called "
-       "from invalid context in {func}", stack="trace", skip=(r"_*might_\w+", r"might_\w+"),
-       splat="atomic-sleep"),
+       "from invalid context in {func}", stack="trace", skip=_SLEEPERS, splat="atomic-sleep"),
     _F("bug", r"BUG: using (\w+)\(\) in preemptible", "BUG: using {0}() in preemptible code in {func}",
        stack="trace", skip=(r"\w*preempt\w*", r"\w*processor_id\w*", r"\w*this_cpu\w*", r"debug_\w+"),
        splat="atomic-sleep"),
