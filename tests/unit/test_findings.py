@@ -74,3 +74,28 @@ def test_merge_counts_repeats():
     b = {"title": "INFO: task hung", "kind": "hung-task", "allowed_by": None}
     merged = findings.merge([a], [dict(a), b])
     assert [(f["title"], f.get("count", 1)) for f in merged] == [("WARNING in x", 2), ("INFO: task hung", 1)]
+
+
+MUTEX_IN_HANDLER = """[   10.1] BUG: sleeping function called from invalid context at kernel/locking/mutex.c:580
+[   10.1] in_atomic(): 1, irqs_disabled(): 0, non_block: 0, pid: 99, name: sh
+[   10.1] preempt_count: 1, expected: 0
+[   10.1] Call Trace:
+[   10.1]  <TASK>
+[   10.1]  dump_stack_lvl+0x45/0x5d
+[   10.1]  __might_resched.cold+0x13f/0x175
+[   10.1]  __mutex_lock+0x8b/0xc50
+[   10.1]  ? kernel_clone+0x1/0x3c0
+[   10.1]  mutex_lock_nested+0x1b/0x20
+[   10.1]  handler_pre+0x1e/0x40 [vmprobe_splat_mutex]
+[   10.1]  kprobe_ftrace_handler+0x10b/0x1a0
+[   10.1]  kernel_clone+0x5/0x3c0
+[   10.1]  </TASK>
+"""
+
+
+def test_a_sleeping_lock_is_blamed_on_its_caller():
+    """A sample written for the tests (the shape of 6.1's report with lockdep): the mutex
+    functions are not the culprit, the handler that took the mutex is."""
+    (c,) = find_crashes(MUTEX_IN_HANDLER)
+    assert (c.title, c.splat, c.is_splat) == (
+        "BUG: sleeping function called from invalid context in handler_pre", "atomic-sleep", True)
