@@ -53,3 +53,9 @@ def test_kmemleak_objects_are_findings_per_function():
     assert (f["title"], f["kind"], f["count"], f["module"]) == (
         "kmemleak: memory leak in handler_pre", "kmemleak", 2, True)
     assert parse_kmemleak("") == []
+
+
+def test_kmemleak_after_the_module_is_gone_says_so():
+    text = KMEMLEAK.replace("handler_pre+0x20/0x40 [vmprobe_splat_leak]", "0xffffffffc0201040")
+    (f,) = parse_kmemleak(text, "vmprobe_splat_leak")
+    assert (f["title"], f["function"], f["count"]) == ("kmemleak: memory leak in unloaded module code", None, 2)

@@ -149,10 +149,14 @@ def parse_kmemleak(text: str, module: str = "") -> list[dict]:
     """Findings from ``/sys/kernel/debug/kmemleak``: one per guilty function (``count``: objects)."""
     out: dict[str, dict] = {}
     for block in re.split(r"(?m)^unreferenced object ", text)[1:]:
-        frames = re.findall(r"\[<[0-9a-f]+>\] ([A-Za-z_][\w.]*)\+0x", block)
+        # a frame is "name+0x…/0x…" or, for code unloaded since (a module's), its bare address
+        frames = [m[1] or "" for m in re.finditer(r"\[<[0-9a-f]+>\] (?:([A-Za-z_][\w.]*)\+0x|0x)", block)]
         func = next((f.split(".")[0] for f in frames if not _SKIP_FRAME.fullmatch(f.split(".")[0])), None)
         mine = module and module in block
-        title = f"kmemleak: memory leak in {func}" if func else "kmemleak: memory leak"
+        if func == "":
+            func, title = None, "kmemleak: memory leak in unloaded module code"
+        else:
+            title = f"kmemleak: memory leak in {func}" if func else "kmemleak: memory leak"
         if title not in out:
             out[title] = {"title": title, "kind": "kmemleak", "function": func, "allowed_by": None,
                           "excerpt": ("unreferenced object " + block)[:2000], "count": 0, "module": bool(mine)}
