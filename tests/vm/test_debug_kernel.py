@@ -82,3 +82,14 @@ def test_an_allowed_warning_passes_on_the_debug_kernel_too(debug_vm, splats):
     d = _check(debug_vm, splats["warn"], allow=rules([r"^WARNING in handler_pre$"], "--allow-splat"))
     assert d["verdict"] == "pass", d["findings"]
     assert [f["title"] for f in d["findings"]] == ["WARNING in handler_pre"]
+
+
+def test_a_leak_per_hit_is_a_leak_and_a_kmemleak_finding(debug_vm, splats):
+    run = run_check(debug_vm, splats["leak"], ProbeOptions(symbol="kernel_clone", builtin_template=False,
+                                                           sysrq=False, registers=False), repeat=4)
+    assert run.error is None, run.error.render()
+    d = run.report.to_dict()
+    print(run.report.summary())
+    assert [c["verdict"] for c in d["cycles"]] == ["pass"] * 4
+    leaks = [f for f in d["findings"] if f["kind"] == "kmemleak"]
+    assert leaks and d["verdict"] == "fail", d["findings"]
