@@ -74,7 +74,7 @@ def leak_verdict(cycles: list[dict], threshold_kb: float) -> dict:
     return {"verdict": "leak" if leak else "no leak", "metric": "SUnreclaim",
             "threshold_kb_per_cycle": threshold_kb, "growth_kb_per_cycle": round(per_cycle, 1),
             "growth_kb": used[-1] - used[0],
-            "mem_available_kb_per_cycle": round(-slope(avail), 1) if len(avail) > 1 else None,
+            "mem_available_kb_per_cycle": round(-slope(avail), 1) + 0.0 if len(avail) > 1 else None,
             "detail": f"SUnreclaim {'+' if per_cycle >= 0 else ''}{per_cycle:.1f} KiB/cycle over cycles "
                       f"2..{len(series)} (threshold {threshold_kb:g} KiB/cycle)"}
 
