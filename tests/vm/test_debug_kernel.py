@@ -46,7 +46,8 @@ def splats(debug_kernel):
 @pytest.fixture(scope="module")
 def debug_vm(debug_kernel, accel):
     t0 = time.monotonic()
-    with Machine(debug_kernel, accel=accel, boot_timeout=BOOT_TIMEOUT, append=("kasan_multi_shot",)) as m:
+    with Machine(debug_kernel, accel=accel, boot_timeout=BOOT_TIMEOUT, ssh_timeout=120,
+                 append=("kasan_multi_shot",)) as m:
         print(f"\ndebug kernel boot to SSH: {time.monotonic() - t0:.1f}s (boot {m.timings.get('boot', 0):.1f}s)")
         yield m
 
