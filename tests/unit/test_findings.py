@@ -99,3 +99,8 @@ def test_a_sleeping_lock_is_blamed_on_its_caller():
     (c,) = find_crashes(MUTEX_IN_HANDLER)
     assert (c.title, c.splat, c.is_splat) == (
         "BUG: sleeping function called from invalid context in handler_pre", "atomic-sleep", True)
+
+
+def test_a_real_warning_in_a_handler_is_a_splat():
+    (c,) = find_crashes(log("warning-in-handler-6.1.log"))
+    assert (c.title, c.splat, c.is_splat, c.function) == ("WARNING in handler_pre", "warning", True, "handler_pre")
