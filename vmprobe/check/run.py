@@ -158,7 +158,7 @@ def run_check(machine: Machine, module: Module, options: ProbeOptions, *, source
     if on_start:
         on_start(check)
     t0 = time.monotonic()
-    error = None
+    error, before = None, {}
     try:
         before = _repeat.memory(machine, module.name) if repeat > 1 else {}
         check.run()

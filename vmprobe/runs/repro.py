@@ -137,7 +137,8 @@ def rerun(case: Case, *, accel: str | None = None, module: Path | None = None, l
     with machine:
         allow = [AllowRule(a["pattern"], a["source"]) for a in r.get("allow_splats", ())]
         run = run_check(machine, built, options, source=None if source == modules.FORK_PROBE else source,
-                        expect_mechanism=expect, log=log, allow=allow)
+                        expect_mechanism=expect, log=log, allow=allow,
+                        repeat=r.get("repeat", 1))
         report = run.report
         if run.error:
             outcome = Outcome("error", _failed_checks(report.to_dict()), report.error or run.error.render(),
