@@ -104,3 +104,9 @@ def test_a_sleeping_lock_is_blamed_on_its_caller():
 def test_a_real_warning_in_a_handler_is_a_splat():
     (c,) = find_crashes(log("warning-in-handler-6.1.log"))
     assert (c.title, c.splat, c.is_splat, c.function) == ("WARNING in handler_pre", "warning", True, "handler_pre")
+
+
+def test_the_same_splat_twice_is_one_finding_with_a_count():
+    _, found = findings.split(find_crashes(MUTEX_IN_HANDLER + MUTEX_IN_HANDLER.replace("10.1]", "11.1]")))
+    assert [(f["title"], f["count"]) for f in found] == [
+        ("BUG: sleeping function called from invalid context in handler_pre", 2)]

@@ -36,7 +36,8 @@ KMEMLEAK = """unreferenced object 0xffff888003a4c000 (size 8192):
   hex dump (first 32 bytes):
     5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a  ZZZZZZZZZZZZZZZZ
   backtrace:
-    [<ffffffff812c1a2b>] __kmalloc+0x4b/0x140
+    [<ffffffff812c1a00>] __kmem_cache_alloc_node+0x1d3/0x2f0
+    [<ffffffff812c1a2b>] kmalloc_trace+0x26/0x90
     [<ffffffffc0201040>] handler_pre+0x20/0x40 [vmprobe_splat_leak]
     [<ffffffff81123456>] kprobe_ftrace_handler+0x100/0x180
     [<ffffffff81045678>] kernel_clone+0x5/0x3c0

@@ -51,7 +51,7 @@ def split(crashes: Iterable[Crash]) -> tuple[list[dict], list[dict]]:
             found.append(finding(c))
         else:
             hard.append(c.to_dict())
-    return hard, found
+    return hard, merge(found)   # a splat printed on every hit is one finding, with its count
 
 
 def finding(c: Crash) -> dict:

@@ -141,8 +141,8 @@ def kmemleak_scan(machine: Machine, module: str, wait: float = 6.0) -> list[dict
     return parse_kmemleak(text, module)
 
 
-_SKIP_FRAME = re.compile(r"(?:__)?k(?:m|z|v)alloc\w*|kmem_cache\w*|\w*slab\w*|kmemleak\w*|__?kmalloc\w*"
-                         r"|\w*kprobe\w*|\w*ftrace\w*|\w*int3\w*|asm_exc_\w+|exc_\w+|kvmalloc\w*")
+_SKIP_FRAME = re.compile(r"_*k[mzv]alloc\w*|_*kmem_cache\w*|\w*slab\w*|_*kmemleak\w*|\w*kprobe\w*"
+                         r"|\w*ftrace\w*|\w*int3\w*|asm_exc_\w+|exc_\w+")
 
 
 def parse_kmemleak(text: str, module: str = "") -> list[dict]:
