@@ -190,7 +190,7 @@ def test_no_text_no_report():
 def test_to_dict():
     d = find_crashes(log("warning-register-kprobe.log"))[0].to_dict()
     assert d["kind"] == "warning" and d["function"] == "register_kprobe"
-    assert set(d) == {"kind", "title", "fatal", "function", "excerpt", "offset", "frames"}
+    assert set(d) == {"kind", "title", "fatal", "function", "excerpt", "offset", "frames", "splat"}
 
 
 @pytest.mark.parametrize("func", ["do_fork", "copy_process", "bad_handler", "default_idle"])

@@ -47,7 +47,9 @@ def _check_invariants(text: str) -> None:
         assert isinstance(c.fatal, bool)
         assert c.function is None or re.fullmatch(r"[A-Za-z_$][\w$]*", c.function)
         assert c.excerpt and len(c.excerpt.splitlines()) <= MAX_LINES
-        assert set(c.to_dict()) == {"kind", "title", "fatal", "function", "excerpt", "offset", "frames"}
+        assert set(c.to_dict()) == {"kind", "title", "fatal", "function", "excerpt", "offset", "frames",
+                                    "splat"}
+        assert not (c.is_splat and c.fatal)
     fatal = first_fatal(text)
     first = next((c for c in crashes if c.fatal), None)
     assert (fatal is None) == (first is None)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from vmprobe.arch import SITE_WINDOW, Mechanism, agrees_with_flags
 from vmprobe.check.any_module import run_any_module
-from vmprobe.check.report import ProbeReport
+from vmprobe.check.report import ProbeReport, split_findings
 from vmprobe.check.symbols import FORK_SYMBOLS, fork_symbol, resolve_symbols
 from vmprobe.check.sysrq import sysrq_three_ways
 from vmprobe.errors import CommandTimeout, ModuleLoadError, ProbeSiteError, VmprobeError
@@ -116,7 +116,7 @@ class ProbeCheck:
         finally:
             self._cleanup()
             text = self.m.console.since(self._start_mark)
-            r.crashes = [c.to_dict() for c in find_crashes(text)]
+            r.crashes, r.findings = split_findings(find_crashes(text))
         return r
 
     def _run(self) -> None:
@@ -381,7 +381,7 @@ class ProbeCheck:
 
     def _cleanup(self) -> None:
         # after a crash report the kernel is damaged: rmmod could hang, so leave it
-        crashed = bool(find_crashes(self.m.console.since(self._start_mark)))
+        crashed = any(not c.is_splat for c in find_crashes(self.m.console.since(self._start_mark)))
         if self._loaded and not crashed:
             with contextlib.suppress(Exception):
                 self.m.run(f"rmmod {self.module.name}", 15)

@@ -5,6 +5,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vmprobe.check import findings as _findings
+
+split_findings = _findings.split   # (crashes, findings) of a console's reports
+
 
 @dataclass
 class Check:
@@ -25,6 +29,9 @@ class ProbeReport:
     registers_at_hit: dict = field(default_factory=dict)
     sysrq: dict = field(default_factory=dict)
     crashes: list[dict] = field(default_factory=list)
+    findings: list[dict] = field(default_factory=list)   # splats the kernel lived on after (findings.py)
+    cycles: list[dict] = field(default_factory=list)     # --repeat: one entry per load/unload cycle
+    leak: dict = field(default_factory=dict)             # --repeat: the memory verdict
     checks: list[Check] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     machine: dict = field(default_factory=dict)
@@ -39,7 +46,8 @@ class ProbeReport:
 
     @property
     def verdict(self) -> str:
-        failed = any(c.ok is False for c in self.checks) or self.crashes or self.error
+        failed = (any(c.ok is False for c in self.checks) or self.crashes or self.error
+                  or _findings.unallowed(self.findings))
         return "fail" if failed else "skip" if self.skipped else "pass"
 
     def to_dict(self) -> dict:
@@ -55,6 +63,8 @@ class ProbeReport:
             "registers_at_hit": self.registers_at_hit,
             "sysrq": self.sysrq,
             "crashes": self.crashes,
+            "findings": self.findings,
+            **({"cycles": self.cycles, "leak": self.leak} if self.cycles else {}),
             "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in self.checks],
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "machine": self.machine,
@@ -115,6 +125,11 @@ class ProbeReport:
             lines.append(f"  [{mark}] {c.name}" + (f": {c.detail}" if c.detail else ""))
         for crash in self.crashes:
             lines.append(f"  CRASH {crash['title']}")
+        lines.extend(_findings.summary_lines(self.findings))
+        if self.cycles:
+            lines.append(f"  cycles    {len(self.cycles)}: "
+                         f"{sum(c.get('verdict') == 'pass' for c in self.cycles)} passed; "
+                         f"leak: {self.leak.get('verdict')} ({self.leak.get('detail', '')})")
         if self.error:
             lines.append(f"  ERROR {self.error}")
         total = sum(self.timings.values())

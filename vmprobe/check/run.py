@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmprobe.arch import PROFILES, Mechanism
+from vmprobe.check import findings as _findings
+from vmprobe.check import repeat as _repeat
 from vmprobe.check.probe import AFTER_ENTRY, ProbeCheck, ProbeOptions
 from vmprobe.check.report import ProbeReport
 from vmprobe.check.scenarios import get_scenario
@@ -150,7 +152,8 @@ class CheckRun:
 
 def run_check(machine: Machine, module: Module | None, options: ProbeOptions, *, source: Path | None = None,
               expect_mechanism: str | None = None, build_seconds: float | None = None, log=None,
-              on_start=None, scenario: str | None = None) -> CheckRun:
+              on_start=None, scenario: str | None = None, allow: "list[_findings.AllowRule] | tuple" = (),
+              repeat: int = 1, leak_threshold_kb: float = _repeat.LEAK_THRESHOLD_KB) -> CheckRun:
     """Run the probe check on a booted ``machine``; vmprobe's errors are kept in the result.
 
     ``source`` is the module's source as the user named it (None: the built-in
@@ -159,6 +162,9 @@ def run_check(machine: Machine, module: Module | None, options: ProbeOptions, *,
     ``scenario`` names a built-in scenario (``check/scenarios/``; None or
     ``fork``: the probe check); a scenario builds its own module (``module`` is
     ignored) and uses no ``options``.
+    ``allow``: the rules that allow splat findings (``findings.AllowRule``);
+    a finding none allows fails the check. ``repeat`` > 1: that many load → trigger →
+    unload cycles on this machine, memory read after each, a leak verdict (``check/repeat.py``).
     """
     spec = get_scenario(scenario)
     if spec is None:
@@ -168,18 +174,26 @@ def run_check(machine: Machine, module: Module | None, options: ProbeOptions, *,
         check = spec.check(machine, log=log)
         check.report.repro = scenario_repro(machine, spec.name)
     report = check.report
+    report.repro["allow_splats"] = [{"pattern": a.pattern, "source": a.source} for a in allow]
+    if repeat > 1:
+        report.repro["repeat"] = repeat
     if on_start:
         on_start(check)
     t0 = time.monotonic()
-    error = None
+    error, before = None, {}
     try:
+        before = _repeat.memory(machine, module.name) if repeat > 1 else {}
         check.run()
     except VmprobeError as exc:
         error = exc
+    if repeat > 1 and before:
+        error = _repeat.run_cycles(machine, module, options, report, time.monotonic() - t0, error, before,
+                                   repeat, leak_threshold_kb, log)
     seconds = time.monotonic() - t0
     if spec is not None and check.module is not None:
         report.repro["module"] = {"source": f"builtin:{spec.module}", "name": check.module.name,
                                   "ko_sha256": cache.sha256_file(check.module.path)}
+    _findings.allow(report.findings, allow)
     report.timings = {**({"build": build_seconds} if build_seconds is not None else {}),
                       **{f"vm-{k}": v for k, v in machine.timings.items()}, **report.timings}
     if expect_mechanism and error is None:

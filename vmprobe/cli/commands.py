@@ -134,7 +134,8 @@ def cmd_probe(args) -> int:
         with machine:
             run = run_check(machine, module, options, source=args.module,
                             expect_mechanism=args.expect_mechanism, build_seconds=build_time, log=_log,
-                            scenario=scenario)
+                            scenario=scenario, allow=_allow_rules(args.allow_splat), repeat=max(1, args.repeat),
+                            **({"leak_threshold_kb": args.leak_threshold} if args.leak_threshold else {}))
     finally:
         _save_console(machine, args.console_log)
     if args.json:
@@ -143,6 +144,11 @@ def cmd_probe(args) -> int:
         raise run.error
     print(run.report.summary())
     return 0 if run.report.verdict in ("pass", "skip") else 1   # skip: the scenario cannot apply
+
+def _allow_rules(patterns: list[str]):
+    from vmprobe.check.findings import rules
+    return rules(patterns, "--allow-splat")
+
 
 def cmd_matrix(args) -> int:
     from vmprobe.kernels import parse_spec

@@ -30,6 +30,15 @@ def _offset(text: str) -> int | str:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an offset (an integer or {AFTER_ENTRY}): {text!r}") from None
 
+def _regex(text: str) -> str:
+    import re
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise argparse.ArgumentTypeError(f"not a regular expression ({exc}): {text!r}") from None
+    return text
+
+
 def _machine_args(p: argparse.ArgumentParser) -> None:
     from vmprobe.kernels import DEFAULT_SPEC
     p.add_argument("--kernel", "-k", default=DEFAULT_SPEC,
@@ -119,6 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--scenario", choices=SCENARIO_NAMES, default="fork",
                     help="a built-in scenario (default fork: the probe check); the others prove the "
                          "article's claims (modify-register, modify-data, fault-handler, smp)")
+    pr.add_argument("--repeat", type=int, default=1, metavar="N",
+                    help="N load → trigger → unload cycles on one VM, each verified, memory read after "
+                         "each, with a leak verdict (default 1)")
+    pr.add_argument("--leak-threshold", type=float, default=None, metavar="KIB",
+                    help="--repeat: a leak is unreclaimable slab growing faster than this many KiB per "
+                         "cycle (default 16)")
+    pr.add_argument("--allow-splat", action="append", default=[], metavar="REGEX", type=_regex,
+                    help="a splat (WARNING, lockdep, KASAN… the kernel lived on after) whose title "
+                         "matches REGEX does not fail the check (repeatable)")
 
     gd = sub.add_parser("gdb", help="boot a kernel and attach gdb to it, with its symbols",
                         description="gdb on the guest's gdbstub, with the kernel's symbols (from its "

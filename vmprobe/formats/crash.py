@@ -63,6 +63,12 @@ class Crash:
     excerpt: str = ""
     offset: int = 0
     frames: list[str] = field(default_factory=list)
+    splat: str | None = None     # a non-fatal report the kernel carries on after (its row's ``splat``)
+
+    @property
+    def is_splat(self) -> bool:
+        """A report the check records and goes on after: a splat the kernel survived."""
+        return self.splat is not None and not self.fatal
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -289,7 +295,7 @@ def _describe(rep: _Report, recs: list[_Rec], starts: dict[int, _Hit]) -> Crash:
                  fatal=fatal, function=func,
                  excerpt="\n".join(recs[k].raw for k in rep.members),
                  offset=recs[rep.first].start,
-                 frames=[name for t, name, q in items if t == "frame" and not q])
+                 frames=[name for t, name, q in items if t == "frame" and not q], splat=rep.row.fmt.splat)
 
 
 # -- pass 5: panics make reports fatal ---------------------------------------------------------

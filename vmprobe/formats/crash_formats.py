@@ -50,6 +50,7 @@ class Format:
     joins: bool = False
     absorbs: str | None = None
     detail: str | None = None
+    splat: str | None = None
 
 
 _F = Format
@@ -58,6 +59,10 @@ _FN = r"[A-Za-z_$][\w$]*"           # a function name without its suffixes
 # A stall report also dumps the RCU grace-period kthread (asleep in schedule()): not the culprit.
 _STALL_SKIP = (r"_*schedule\w*", r"schedule\w*", r"kthread", r"ret_from_fork\w*", r"worker_thread",
                r"smpboot_thread_fn")
+#: What a sleeping call goes through before might_sleep() complains: the caller is the culprit.
+_SLEEPERS = (r"_*might_\w+", r"might_\w+", r"\w*mutex_lock\w*", r"_*down\w*", r"\w*rwsem\w*",
+             r"_*cond_resched\w*", r"msleep\w*", r"_*schedule_timeout\w*", r"\w*slab_pre_alloc\w*",
+             r"\w*kmem_cache_alloc\w*", r"_*kmalloc\w*", r"\w*alloc_pages\w*", r"slab_alloc\w*")
 _KPROBE_FOLLOWERS = r"kernel BUG at |invalid opcode: |Oops: |WARNING: |BUG: |general protection fault"
 
 #: The table. First matching row wins, so specific rows come before generic ones.
@@ -96,7 +101,8 @@ FORMATS: list[Format] = [
     _F("bug", rf"kernel BUG at ((?![/.]){_SRC})!?", "kernel BUG at {0}"),
     _F("bug", r"kernel BUG at (\S+?)!?\s*$", "kernel BUG in {func}", bare="kernel BUG at {0}"),
     _F("bug", r"Kernel BUG (.*)", "kernel BUG in {func}", bare="kernel BUG"),
-    _F("kasan", rf"BUG: KASAN: ([a-z-]+) in (?P<func>{_FN})", "KASAN: {0} in {func}", stack="header"),
+    _F("kasan", rf"BUG: KASAN: ([a-z-]+) in (?P<func>{_FN})", "KASAN: {0} in {func}", stack="header",
+       splat="kasan"),
     _F("bug", r"BUG: (?:unable to handle kernel paging request|unable to handle page fault for address"
               r"|Unable to handle kernel data access)", "BUG: unable to handle page fault in {func}"),
     _F("bug", r"BUG: (?:unable to handle kernel NULL pointer dereference|kernel NULL pointer dereference"
@@ -105,13 +111,18 @@ FORMATS: list[Format] = [
     _F("lockup", r"BUG: soft lockup", "BUG: soft lockup in {func}", stack="stall", skip=_STALL_SKIP),
     _F("lockup", r"BUG: workqueue lockup", "BUG: workqueue lockup", stack="none"),
     _F("bug", r"BUG: spinlock (lockup suspected|already unlocked|recursion|bad magic|wrong owner|wrong CPU)",
-       "BUG: spinlock {0} in {func}", stack="trace", skip=(r"\w*spin_\w+", r"do_raw_spin\w*")),
+       "BUG: spinlock {0} in {func}", stack="trace", skip=(r"\w*spin_\w+", r"do_raw_spin\w*"),
+       splat="lockdep"),
     _F("bug", r"BUG: scheduling while atomic", "BUG: scheduling while atomic in {func}", stack="trace",
-       skip=(r"_*schedule\w*", r"schedule\w*", r"preempt_schedule\w*")),
+       skip=(r"_*schedule\w*", r"schedule\w*", r"preempt_schedule\w*"), splat="atomic-sleep"),
     _F("bug", r"BUG: sleeping function called from invalid context", "BUG: sleeping function called "
-       "from invalid context in {func}", stack="trace", skip=(r"_*might_\w+", r"might_\w+")),
+       "from invalid context in {func}", stack="trace", skip=_SLEEPERS, splat="atomic-sleep"),
     _F("bug", r"BUG: using (\w+)\(\) in preemptible", "BUG: using {0}() in preemptible code in {func}",
-       stack="trace", skip=(r"\w*preempt\w*", r"\w*processor_id\w*", r"\w*this_cpu\w*", r"debug_\w+")),
+       stack="trace", skip=(r"\w*preempt\w*", r"\w*processor_id\w*", r"\w*this_cpu\w*", r"debug_\w+"),
+       splat="atomic-sleep"),
+    # lockdep's BUG reports (kernel/locking/lockdep.c): the kernel goes on, lockdep turns itself off
+    _F("lockdep", r"(?:\[ )?BUG: (Invalid wait context|looking up invalid subclass|MAX_LOCKDEP_\w+ too low)",
+       "BUG: {0} in {func}", stack="trace", skip=(r"\w*lock\w*",), splat="lockdep"),
     _F("bug", r"BUG: stack guard page was hit", "BUG: stack guard page was hit in {func}"),
     _F("bug", r"BUG: (Bad page state|Bad page map|Bad rss-counter state)", "BUG: {0}", stack="none"),
     _F("bug", r"BUG: ([^:,!\[\]]*[^:,!\[\]\s])", "BUG: {0} in {func}", stack="trace"),
@@ -130,26 +141,33 @@ FORMATS: list[Format] = [
        joins=True),
     # -- WARNING -----------------------------------------------------------------------------
     _F("warning", rf"WARNING: CPU: \d+ PID: \d+ at ({_SRC}) (?P<func>{_FN})?", "WARNING in {func}",
-       bare="WARNING at {0}"),
-    _F("warning", rf"WARNING: .* at ({_SRC})", "WARNING in {func}", bare="WARNING at {0}"),
+       bare="WARNING at {0}", splat="warning"),
+    _F("warning", rf"WARNING: .* at ({_SRC})", "WARNING in {func}", bare="WARNING at {0}", splat="warning"),
     _F("lockdep", r"WARNING: (possible circular locking dependency|possible recursive locking|"
                   r"possible irq lock inversion dependency|inconsistent lock state)",
-       "WARNING: {0}", stack="none"),
-    _F("warning", r"WARNING: ([^:,!\[\]]*[^:,!\[\]\s])", "WARNING: {0} in {func}", stack="trace"),
+       "WARNING: {0}", stack="none", splat="lockdep"),
+    _F("lockdep", r"WARNING: (suspicious RCU usage|bad unlock balance detected|held lock freed"
+                  r"|lock held when returning to user space|Nested lock was not taken)!?", "WARNING: {0}",
+       stack="none", splat="lockdep"),
+    _F("warning", r"WARNING: ([^:,!\[\]]*[^:,!\[\]\s])", "WARNING: {0} in {func}", stack="trace",
+       splat="warning"),
     # -- stalls, lockups, hangs ----------------------------------------------------------------
     _F("stall", r"INFO: rcu_(?:preempt|sched|bh|tasks\w*) (?:self-)?detected(?: expedited)? stalls?",
-       "INFO: rcu detected stall in {func}", stack="stall", skip=_STALL_SKIP),
+       "INFO: rcu detected stall in {func}", stack="stall", skip=_STALL_SKIP, splat="rcu-stall"),
     _F("lockup", r"Watchdog detected hard LOCKUP", "Watchdog detected hard LOCKUP in {func}", stack="stall",
        skip=_STALL_SKIP),
     _F("hung", r"INFO: task (\S+?)(?::\d+)? blocked for more than \d+ seconds", "INFO: task hung in {func}",
        stack="trace", skip=(r"\w*sched\w*", r"\w*_lock\w*", r"\w*slowlock\w*", r"_*down\w*", r"\w*rwsem\w*",
                             r"\w*completion\w*", r"\w*wait\w*", r"\w*synchronize\w*", r"\w*switch_to\w*",
-                            r"context_switch", r"kthread")),
+                            r"context_switch", r"kthread"), splat="hung-task"),
     _F("hung", r"INFO: task .* can't die for more than", "INFO: task can't die in {func}", stack="trace",
        skip=(r"\w*schedule\w*",)),
     # -- sanitizers ---------------------------------------------------------------------------
     _F("ubsan", r"UBSAN: ([\w-]+(?: [\w-]+)*) in ", "UBSAN: {0} in {func}", stack="trace",
-       skip=(r"\w*ubsan\w*", r"\w*overflow\w*")),
+       skip=(r"\w*ubsan\w*", r"\w*overflow\w*"), splat="ubsan"),
+    # kmemleak's own line after a scan found something (the objects are in /sys/kernel/debug/kmemleak)
+    _F("kmemleak", r"kmemleak: (\d+) new suspected memory leaks?", "kmemleak: {0} new suspected memory leaks",
+       stack="none", splat="kmemleak"),
 ]
 
 #: Subsystem prefixes a header may carry (pr_fmt): ``rcu: INFO: …``, ``watchdog: BUG: soft lockup``.

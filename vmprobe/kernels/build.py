@@ -37,6 +37,8 @@ from vmprobe.kernels.source import STEP_TIMEOUT, Source, resolve_source, run_ste
 
 RECIPE = "kbuild-v1"
 DEFAULT_FRAGMENT = PROJECT_ROOT / "kernels" / "config" / "vmprobe.config"
+#: ``--debug``: KASAN, lockdep, DEBUG_ATOMIC_SLEEP, kmemleak… merged after the other fragments
+DEBUG_FRAGMENT = PROJECT_ROOT / "kernels" / "config" / "debug.config"
 PATCHES_DIR = PROJECT_ROOT / "kernels" / "patches"
 BUILD_TIMEOUT = 4 * 3600  # a cold build on a loaded 2-core machine, with a wide margin
 #: Debian architecture → its profile, for the arches whose kernels vmprobe can build
@@ -294,6 +296,10 @@ def add_build_arguments(ksub) -> None:
                     help=f"a patch to apply with patch -p1 (repeatable; shipped: {PATCHES_DIR}/)")
     kb.add_argument("--config-fragment", action="append", default=[], type=Path,
                     help=f"config fragment(s) to merge (default {DEFAULT_FRAGMENT})")
+    kb.add_argument("--debug", action="store_true",
+                    help=f"also merge the debug fragment ({DEBUG_FRAGMENT.name}: KASAN, lockdep, "
+                         f"DEBUG_ATOMIC_SLEEP, kmemleak, lockup and hung-task detectors): splats in "
+                         f"handlers that a production kernel lets pass")
     kb.add_argument("--jobs", "-j", type=int, default=None, help="make -j (default: CPUs)")
     kb.add_argument("--json", action="store_true", help="print the kernel record as JSON")
 
@@ -301,7 +307,10 @@ def add_build_arguments(ksub) -> None:
 def cmd_build(args, log) -> int:
     import json
     t0 = time.monotonic()
-    kernel = build_kernel(args.source, args.patch, args.config_fragment, jobs=args.jobs, log=log)
+    fragments = list(args.config_fragment)
+    if getattr(args, "debug", False):
+        fragments = (fragments or [DEFAULT_FRAGMENT]) + [DEBUG_FRAGMENT]
+    kernel = build_kernel(args.source, args.patch, fragments, jobs=args.jobs, log=log)
     if args.json:
         data = json.loads((kernel.root / "kernel.json").read_text())
         data["root"] = str(kernel.root)

@@ -217,10 +217,24 @@ def probe_check(request: pytest.FixtureRequest, vm: "Machine", kernel: "Kernel",
     or ``module`` (a :class:`Module`, a path or source text: a user's module, so
     ``builtin_template`` defaults to False). ``expect_mechanism`` adds the same check as
     ``vmprobe probe --expect-mechanism``. vmprobe's own failures (a refused module, a crash)
-    raise; a check that ran and failed returns a report with ``verdict == "fail"``.
+    raise; a check that ran and failed returns a report with ``verdict == "fail"``. Splats the
+    kernel lived on after (a WARNING, lockdep, KASAN…) are ``report.findings``; they fail the
+    check unless ``@pytest.mark.allow_splat(regex)`` or ``[tool.vmprobe] allow_splats`` allows them.
     """
     return ProbeChecker(vm, kernel, kprobe_module,
-                        on_report=lambda report: artefacts.remember_report(request.node, report))
+                        on_report=lambda report: artefacts.remember_report(request.node, report),
+                        allow=_allow_rules(request))
+
+
+def _allow_rules(request: pytest.FixtureRequest) -> list:
+    """Splat allow rules: ``@pytest.mark.allow_splat(regex, …)``, then ``[tool.vmprobe] allow_splats``."""
+    from vmprobe.check.findings import rules
+    try:
+        marked = [str(p) for mark in request.node.iter_markers("allow_splat") for p in mark.args]
+        return (rules(marked, "@pytest.mark.allow_splat")
+                + rules(options.configured_allow_splats(request.config), "[tool.vmprobe] allow_splats"))
+    except ValueError as exc:
+        pytest.fail(f"vmprobe: {exc}", pytrace=False)
 
 
 @pytest.fixture

@@ -20,6 +20,8 @@ MARKER_HELP = (
     "e.g. @pytest.mark.kernel('>=5.10,<6.12'); others are skipped",
     "arch(*names): run only on kernels of these architectures, "
     "e.g. @pytest.mark.arch('x86_64'); others are skipped",
+    "allow_splat(*regexes): probe_check findings (WARNING, lockdep, KASAN… splats the kernel "
+    "lived on after) whose title matches one of these do not fail the check",
 )
 
 _CLAUSE = re.compile(r"^\s*(?P<op>>=|<=|==|!=|>|<)?\s*(?P<ver>\d+(?:\.\d+)*)\s*$")

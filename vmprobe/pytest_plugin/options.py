@@ -39,17 +39,34 @@ def add_options(parser: pytest.Parser) -> None:
                          "shards together run every test once), e.g. 1/2 on one CI runner, 2/2 on another")
 
 
+def _tool_table(config: pytest.Config) -> dict:
+    """``[tool.vmprobe]`` of the rootdir's ``pyproject.toml`` (empty without one)."""
+    pyproject = config.rootpath / "pyproject.toml"
+    if not pyproject.is_file():
+        return {}
+    try:
+        with pyproject.open("rb") as f:
+            return tomllib.load(f).get("tool", {}).get("vmprobe", {})
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise pytest.UsageError(f"vmprobe: cannot read {pyproject}: {exc}") from None
+
+
+def configured_allow_splats(config: pytest.Config) -> list[str]:
+    """``[tool.vmprobe] allow_splats``: regexes of splat titles no test fails on."""
+    patterns = _tool_table(config).get("allow_splats", [])
+    if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+        raise pytest.UsageError("vmprobe: [tool.vmprobe] allow_splats in pyproject.toml must be a list "
+                                "of regexes, e.g. [\"WARNING in my_handler\"]")
+    return patterns
+
+
 def configured_kernels(config: pytest.Config) -> list[str]:
     """The kernel specs to run on, deduplicated, in the order given."""
     specs = config.getoption("vmprobe_kernels")
     if not specs:
         pyproject = config.rootpath / "pyproject.toml"
         if pyproject.is_file():
-            try:
-                with pyproject.open("rb") as f:
-                    table = tomllib.load(f).get("tool", {}).get("vmprobe", {})
-            except (OSError, tomllib.TOMLDecodeError) as exc:
-                raise pytest.UsageError(f"vmprobe: cannot read {pyproject}: {exc}") from None
+            table = _tool_table(config)
             specs = table.get("kernels")
             if specs is not None and (not isinstance(specs, list)
                                       or not all(isinstance(s, str) for s in specs)):

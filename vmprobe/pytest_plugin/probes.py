@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
+    from vmprobe.check.findings import AllowRule
     from vmprobe.check.report import ProbeReport
     from vmprobe.kernels import Kernel
     from vmprobe.modules import Module
@@ -72,11 +73,12 @@ class ProbeChecker:
     ``on_report`` sees each report as its check starts (so a failing test can show it)."""
 
     def __init__(self, vm: "Machine", kernel: "Kernel", build_module: Callable[..., "Module"],
-                 on_report: Callable[["ProbeReport"], None]):
+                 on_report: Callable[["ProbeReport"], None], allow: "list[AllowRule] | tuple" = ()):
         self.vm, self.kernel, self.build_module, self.on_report = vm, kernel, build_module, on_report
+        self.allow = list(allow)   # splat allow rules: the test's markers, then [tool.vmprobe]
 
     def __call__(self, module: "Module | str | os.PathLike[str] | None" = None, *,
-                 expect_mechanism: str | None = None, scenario: str | None = None,
+                 expect_mechanism: str | None = None, scenario: str | None = None, repeat: int = 1,
                  **options) -> "ProbeReport":
         from vmprobe import modules
         from vmprobe.check.probe import ProbeOptions
@@ -111,7 +113,8 @@ class ProbeChecker:
         build_time = time.monotonic() - t0
         run = run_check(self.vm, mod, ProbeOptions(**options), source=source,
                         expect_mechanism=expect_mechanism, build_seconds=build_time,
-                        on_start=lambda check: self.on_report(check.report))
+                        on_start=lambda check: self.on_report(check.report), allow=self.allow,
+                        repeat=repeat)
         if run.error:
             raise run.error
         return run.report

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmprobe import modules
+from vmprobe.check.findings import AllowRule
 from vmprobe.check.probe import ProbeOptions
 from vmprobe.check.run import BUILTIN, OPTION_FIELDS, REPRO_FORMAT, named_check, run_check, source_digest
 from vmprobe.errors import ConfigError, VmprobeError
@@ -135,8 +136,10 @@ def rerun(case: Case, *, accel: str | None = None, module: Path | None = None, l
                       memory=m.get("memory", "1G"), append=tuple(m.get("append", ())),
                       boot_timeout=m.get("boot_timeout", 120), log=log, **extra)
     with machine:
+        allow = [AllowRule(a["pattern"], a["source"]) for a in r.get("allow_splats", ())]
         run = run_check(machine, built, options, source=None if source == modules.FORK_PROBE else source,
-                        expect_mechanism=expect, log=log, scenario=scenario)
+                        expect_mechanism=expect, log=log, scenario=scenario, allow=allow,
+                        repeat=r.get("repeat", 1))
         report = run.report
         if run.error:
             outcome = Outcome("error", _failed_checks(report.to_dict()), report.error or run.error.render(),
