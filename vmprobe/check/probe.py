@@ -80,15 +80,11 @@ class ProbeCheck:
         self.offset = options.offset if isinstance(options.offset, int) else 0
 
     # -- helpers -------------------------------------------------------------
-    @contextlib.contextmanager
     def phase(self, name: str):
+        """A named, timed step: errors name it, and the test hold can stop there."""
         self.phase_name = name
         checkpoint(name)
-        t0 = time.monotonic()
-        try:
-            yield
-        finally:
-            self.report.timings[name] = self.report.timings.get(name, 0) + time.monotonic() - t0
+        return self.report.timed(name)
 
     def resolve(self, names: list[str]) -> dict[str, int]:
         return resolve_symbols(self.m, names)

@@ -1,7 +1,9 @@
 """The probe check's result: a verdict, what was measured, and why it failed."""
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +41,15 @@ class ProbeReport:
     repro: dict = field(default_factory=dict)   # inputs to run the same check again (vmprobe repro)
     scenario: dict = field(default_factory=dict)  # a scenario's name and evidence (check/scenarios/)
     skipped: str | None = None   # why the check could not apply to this kernel (verdict "skip")
+
+    @contextlib.contextmanager
+    def timed(self, name: str):
+        """Time one phase of a check into ``timings`` (a phase that runs again adds up)."""
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0) + time.monotonic() - t0
 
     def check(self, name: str, ok: bool | None, detail: str = "") -> bool:
         self.checks.append(Check(name, ok, detail))

@@ -52,15 +52,11 @@ class ScenarioCheck:
         self._start_mark = 0
         self._site: tuple[int, bytes] | None = None   # (address, bytes before arming)
 
-    @contextlib.contextmanager
     def phase(self, name: str):
+        """A named, timed step: errors name it, and the test hold can stop there."""
         self.phase_name = name
         checkpoint(name)
-        t0 = time.monotonic()
-        try:
-            yield
-        finally:
-            self.report.timings[name] = self.report.timings.get(name, 0) + time.monotonic() - t0
+        return self.report.timed(name)
 
     def run(self) -> ProbeReport:
         k, r = self.m.kernel, self.report
