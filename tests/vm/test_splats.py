@@ -95,3 +95,21 @@ def test_a_mutex_in_the_handler_is_caught_only_with_debug_atomic_sleep(kernel, p
     else:
         assert d["verdict"] == "pass", report.summary()
         assert d["findings"] == []
+
+
+@pytest.mark.allow_splat(r"^WARNING in handler_pre$")
+def test_a_splat_during_a_scenario_is_a_finding_too(vm, probe_check, splats):
+    """The scenarios file the kernel's reports as the probe check does: a splat is a finding, allowable."""
+    vm.upload(splats["warn"].path, "/tmp/warn.ko")
+    loaded = vm.run("insmod /tmp/warn.ko symbol=kernel_clone", 60)
+    assert loaded.status == 0, loaded.output
+    try:
+        report = probe_check(scenario="modify-register")   # its guest commands fork: the WARN fires then
+    finally:
+        assert vm.run("rmmod vmprobe_splat_warn", 60).status == 0
+    d = report.to_dict()
+    assert d["crashes"] == [] and d["error"] is None
+    assert [(f["title"], f["allowed_by"]) for f in d["findings"]] == [
+        (WARN_TITLE, "@pytest.mark.allow_splat '^WARNING in handler_pre$'")]
+    assert d["verdict"] == "pass", report.summary()
+    assert "SPLAT WARNING in handler_pre [warning]: allowed by" in report.summary()

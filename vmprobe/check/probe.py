@@ -19,13 +19,12 @@ from dataclasses import dataclass, field
 
 from vmprobe.arch import SITE_WINDOW, Mechanism, agrees_with_flags
 from vmprobe.check.any_module import run_any_module
-from vmprobe.check.report import ProbeReport, split_findings
+from vmprobe.check.lifecycle import CheckLifecycle
+from vmprobe.check.report import ProbeReport
 from vmprobe.check.symbols import FORK_SYMBOLS, fork_symbol, resolve_symbols
 from vmprobe.check.sysrq import sysrq_three_ways
 from vmprobe.errors import CommandTimeout, ModuleLoadError, ProbeSiteError, VmprobeError
-from vmprobe.formats.crash import find_crashes
 from vmprobe.formats.kprobes_list import ProbeRecord, parse_debugfs_list
-from vmprobe.host.interrupts import checkpoint
 from vmprobe.modules import Module
 from vmprobe.vm.gdb import Gdb
 from vmprobe.vm.hits import first_hit, task_layout_or_reason
@@ -62,7 +61,7 @@ class _Run:
     baseline: bytes = b""     # read at `requested`, SITE_WINDOW + SLACK bytes
 
 
-class ProbeCheck:
+class ProbeCheck(CheckLifecycle):
     # shared with the check of any module (check/any_module.py)
     KPROBES_LIST, AFTER_ENTRY, SLACK, DEFAULT_TRIGGER = KPROBES_LIST, AFTER_ENTRY, SLACK, DEFAULT_TRIGGER
 
@@ -74,18 +73,11 @@ class ProbeCheck:
         self.report = ProbeReport()
         self.run_state = _Run()
         self.gdb: Gdb | None = None
-        self._start_mark = 0
         self._loaded = False
         # the offset in bytes ("after-entry" is decided from the function's first bytes)
         self.offset = options.offset if isinstance(options.offset, int) else 0
 
     # -- helpers -------------------------------------------------------------
-    def phase(self, name: str):
-        """A named, timed step: errors name it, and the test hold can stop there."""
-        self.phase_name = name
-        checkpoint(name)
-        return self.report.timed(name)
-
     def resolve(self, names: list[str]) -> dict[str, int]:
         return resolve_symbols(self.m, names)
 
@@ -100,20 +92,10 @@ class ProbeCheck:
 
     # -- the check -----------------------------------------------------------
     def run(self) -> ProbeReport:
-        k, r = self.m.kernel, self.report
-        r.kernel = {"spec": k.spec, "release": k.release, "version": k.version, "arch": self.m.profile.name}
-        r.machine = {"accel": self.m.accel, "smp": self.m.smp, "qemu": " ".join(self.m.command_line)}
-        self._start_mark = self.m.console.mark()
-        try:
+        self.describe()
+        with self.observed():
             self._run()
-        except VmprobeError as exc:
-            r.error = f"{exc.kind} in phase {getattr(self, 'phase_name', '?')}: {exc.message}"
-            raise
-        finally:
-            self._cleanup()
-            text = self.m.console.since(self._start_mark)
-            r.crashes, r.findings = split_findings(find_crashes(text))
-        return r
+        return self.report
 
     def _run(self) -> None:
         r, st, opt = self.report, self.run_state, self.opt
@@ -376,9 +358,7 @@ class ProbeCheck:
             time.sleep(0.1)
 
     def _cleanup(self) -> None:
-        # after a crash report the kernel is damaged: rmmod could hang, so leave it
-        crashed = any(not c.is_splat for c in find_crashes(self.m.console.since(self._start_mark)))
-        if self._loaded and not crashed:
+        if self._loaded and not self.kernel_damaged():
             with contextlib.suppress(Exception):
                 self.m.run(f"rmmod {self.module.name}", 15)
         if self.gdb:

@@ -95,7 +95,7 @@ class ProbeChecker:
             if module is not None or options:
                 raise TypeError(f"probe_check: scenario {scenario!r} takes no module or options")
             run = run_check(self.vm, None, ProbeOptions(), scenario=scenario,
-                            on_start=lambda check: self.on_report(check.report))
+                            on_start=lambda check: self.on_report(check.report), allow=self.allow)
             if run.error:
                 raise run.error
             return run.report

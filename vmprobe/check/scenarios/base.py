@@ -14,13 +14,12 @@ import secrets
 import time
 
 from vmprobe.arch import SITE_WINDOW
+from vmprobe.check.lifecycle import CheckLifecycle
 from vmprobe.check.probe import FORK_SYMBOLS, fork_symbol, resolve_symbols
 from vmprobe.check.report import ProbeReport
 from vmprobe.check.scenarios import eras
 from vmprobe.config import TEMPLATES_DIR
 from vmprobe.errors import GdbError, ModuleLoadError, VmprobeError
-from vmprobe.formats.crash import find_crashes
-from vmprobe.host.interrupts import checkpoint
 from vmprobe.modules import Module, build
 from vmprobe.vm.gdb import Gdb
 from vmprobe.vm.machine import Machine
@@ -36,7 +35,7 @@ def build_scenario_module(kernel, name: str, log=None) -> Module:
     return built[name]
 
 
-class ScenarioCheck:
+class ScenarioCheck(CheckLifecycle):
     """Subclasses set nothing but ``_run`` (and use the helpers)."""
 
     def __init__(self, machine: Machine, scenario, log=None):
@@ -49,26 +48,17 @@ class ScenarioCheck:
         self.module: Module | None = None
         self.gdb: Gdb | None = None
         self._loaded = False
-        self._start_mark = 0
         self._site: tuple[int, bytes] | None = None   # (address, bytes before arming)
-
-    def phase(self, name: str):
-        """A named, timed step: errors name it, and the test hold can stop there."""
-        self.phase_name = name
-        checkpoint(name)
-        return self.report.timed(name)
 
     def run(self) -> ProbeReport:
         k, r = self.m.kernel, self.report
-        r.kernel = {"spec": k.spec, "release": k.release, "version": k.version, "arch": self.m.profile.name}
-        r.machine = {"accel": self.m.accel, "smp": self.m.smp, "qemu": " ".join(self.m.command_line)}
+        self.describe()
         why = eras.missing(k.release, self.spec.needs)
         if why:
             r.skipped = f"{self.spec.name} does not apply: {why}"
             r.check(f"{self.spec.name} applies to this kernel", None, why)
             return r
-        self._start_mark = self.m.console.mark()
-        try:
+        with self.observed():
             with self.phase("build"):
                 self.module = build_scenario_module(k, self.spec.module, self.log)
             with self.phase("gdb-attach"):
@@ -76,12 +66,6 @@ class ScenarioCheck:
                 self.gdb.attach(self.m.gdb_socket)
                 self.gdb.cont()
             self._run()
-        except VmprobeError as exc:
-            r.error = f"{exc.kind} in phase {getattr(self, 'phase_name', '?')}: {exc.message}"
-            raise
-        finally:
-            self._cleanup()
-            r.crashes = [c.to_dict() for c in find_crashes(self.m.console.since(self._start_mark))]
         return r
 
     def _run(self) -> None:
@@ -188,8 +172,7 @@ class ScenarioCheck:
         return regs, out.stdout.strip()
 
     def _cleanup(self) -> None:
-        crashed = bool(find_crashes(self.m.console.since(self._start_mark)))
-        if self._loaded and not crashed and self.module:
+        if self._loaded and self.module and not self.kernel_damaged():
             with contextlib.suppress(Exception):
                 self.m.run(f"rmmod {self.module.name}", 15)
         self.cleanup()
