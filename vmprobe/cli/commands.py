@@ -69,23 +69,20 @@ def cmd_exec(args) -> int:
     command = cmd[0] if len(cmd) == 1 else shlex.join(cmd)
     if args.on:
         return live_commands.exec_on(args, command, _log)
-    from vmprobe.runs import guest_files
-    kernel, machine = _kernel_and_machine(args)
-    if args.dry_run:
-        return guest_files.dry_run(machine)
-    files = guest_files.prepare(args, kernel, _log)
-    _verbose(args, machine)
-    try:
-        with machine:
-            guest_files.copy_in(machine.upload, files, _log)
-            result = machine.run(command, args.timeout, stdout=sys.stdout.buffer, stderr=sys.stderr.buffer)
-        return result.status
-    finally:
-        _save_console(machine, args.console_log)
+    return _in_a_fresh_guest(args, lambda kernel, machine: machine.run(
+        command, args.timeout, stdout=sys.stdout.buffer, stderr=sys.stderr.buffer).status)
 
 def cmd_shell(args) -> int:
     if args.on:
         return live_commands.shell_on(args, _log)
+    def shell(kernel, machine) -> int:
+        from vmprobe.runs.guest_files import interactive
+        _log(f"vmprobe: {kernel.release} is up; exit the shell to stop the VM")
+        return interactive(machine)
+    return _in_a_fresh_guest(args, shell)
+
+def _in_a_fresh_guest(args, body) -> int:
+    """exec and shell without --on: boot (or --dry-run), copy --put/--module in, ``body(kernel, machine)``."""
     from vmprobe.runs import guest_files
     kernel, machine = _kernel_and_machine(args)
     if args.dry_run:
@@ -95,14 +92,9 @@ def cmd_shell(args) -> int:
     try:
         with machine:
             guest_files.copy_in(machine.upload, files, _log)
-            _log(f"vmprobe: {kernel.release} is up; exit the shell to stop the VM")
-            return _interactive(machine)
+            return body(kernel, machine)
     finally:
         _save_console(machine, args.console_log)
-
-def _interactive(machine: Machine) -> int:
-    from vmprobe.runs.guest_files import interactive
-    return interactive(machine)
 
 def cmd_probe(args) -> int:
     if args.on:
@@ -202,4 +194,5 @@ def cmd_gdb(args) -> int:
 
 def cmd_repro(args) -> int:
     from vmprobe.runs import repro
-    return repro.command(args, _log, _interactive)
+    from vmprobe.runs.guest_files import interactive
+    return repro.command(args, _log, interactive)
