@@ -164,7 +164,8 @@ def main() -> int:
     print(f"`benchmarks/loop.py{' --quick' if args.quick else f' --runs {runs}'}`, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {kernel.spec} ({kernel.release}) under "
           f"{accel}, {os.cpu_count()} CPUs, medians of {runs}, interleaved; 1-min load average "
-          f"{min(load):.1f}–{max(load):.1f} during the run; matrix kernels {specs}\n")
+          f"{min(load):.1f}–{max(load):.1f} during the run"
+          f"{f'; matrix kernels {specs}' if 'matrix' in want else ''}\n")
     print(format_table(samples))
     if any(matrix_codes):
         print(f"\nthe timed matrix runs exited {matrix_codes} (1: a check did not pass; see vmprobe matrix)")
