@@ -276,7 +276,7 @@ class Supervisor:
 
     def op_gdb(self, conn, req) -> dict:
         from vmprobe.runs.live_gdb import serve
-        return serve(self, conn, req)
+        return serve(self, conn, req, _Lines(conn), guest_state, state_difference)
 
     def op_probe(self, conn, req) -> dict:
         from vmprobe import modules

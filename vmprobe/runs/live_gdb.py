@@ -20,12 +20,11 @@ from pathlib import Path
 from vmprobe.runs import live_client as lc
 
 
-def serve(sup, conn, req: dict) -> dict:
-    """The supervisor's side of one ``gdb --on`` session (a handler thread)."""
+def serve(sup, conn, req: dict, log, guest_state, state_difference) -> dict:
+    """The supervisor's side of one ``gdb --on`` session (a handler thread); ``log`` sends lines
+    to the client, the other two are ``live``'s (passed in: ``live`` imports this module)."""
     from vmprobe import modules
     from vmprobe.runs import debugger
-    from vmprobe.runs.live import _Lines, guest_state, state_difference
-    log = _Lines(conn)
     with sup.probe_lock:
         m = sup.machine
         before = guest_state(m)
