@@ -22,31 +22,40 @@ def arguments(doc: str, accel: str = "auto") -> argparse.ArgumentParser:
     return ap
 
 
-def raw_floor(kernel, accel: str, microvm: bool = False) -> float:
+def raw_floor(kernel, accel: str, microvm: bool = False, *, quiet: bool = False,
+              marker: str | None = None) -> float:
     """Wall time of QEMU with the same kernel, an init that ends the VM at once (amd64 host
     busybox). ``microvm``: ``-M microvm,acpi=off``, which needs the TSC rate under TCG and
-    cannot power off (``reboot -f`` with ``-no-reboot`` ends QEMU the same way)."""
+    cannot power off (``reboot -f`` with ``-no-reboot`` ends QEMU the same way). ``marker``:
+    the init prints it, then powers off, and the console must show it (the kernel really
+    reached init); ``quiet`` adds ``quiet`` to the kernel command line."""
     p = profile_for(kernel.arch)
     a = NewcArchive()
     for d in ("bin", "proc"):
         a.dir(d)
     a.chardev("dev/console", 5, 1)
     a.file("bin/busybox", Path("/bin/busybox").read_bytes(), 0o755)
-    a.file("init", b"#!/bin/busybox sh\n/bin/busybox reboot -f\n", 0o755)
+    end = "reboot -f" if microvm or not marker else "poweroff -f"
+    say = f"/bin/busybox echo {marker}\n" if marker else ""
+    a.file("init", f"#!/bin/busybox sh\n{say}/bin/busybox {end}\n".encode(), 0o755)
     machine = ["-M", "microvm,acpi=off"] if microvm else ["-M", p.machine]
     extra = f" reboot=t tsc_early_khz={_host_tsc_khz()}" if microvm else ""
+    extra += " quiet" if quiet else ""
     with tempfile.TemporaryDirectory(prefix="vmprobe-bench-") as tmp:
         initrd = Path(tmp) / "initrd"
         initrd.write_bytes(a.gzipped())
         cmd = [p.qemu, *machine, "-accel", accel, "-cpu", p.cpu_kvm if accel == "kvm" else p.cpu_tcg,
-               "-smp", "1", "-m", "1G", "-nodefaults", "-no-user-config", "-display", "none",
+               "-smp", "1", "-m", "1G", "-nodefaults", "-no-user-config", "-display", "none", "-nic", "none",
                "-no-reboot", "-kernel", str(kernel.image_path), "-initrd", str(initrd),
                "-append", f"console={p.console},115200 panic=-1 {' '.join(p.append)} "
                           f"cryptomgr.notests{extra}",
                "-chardev", f"file,id=c,path={tmp}/console.log", "-serial", "chardev:c"]
         t0 = time.monotonic()
         subprocess.run(cmd, check=True, timeout=120, stdin=subprocess.DEVNULL)
-        return time.monotonic() - t0
+        seconds = time.monotonic() - t0
+        if marker and marker not in Path(f"{tmp}/console.log").read_text(errors="replace"):
+            raise RuntimeError(f"the floor's init did not print {marker!r} on {kernel.release}'s console")
+        return seconds
 
 
 def _host_tsc_khz() -> int:

@@ -241,9 +241,18 @@ def run_gdb(session: Session, *, batch: bool = False, commands: list[str] = (),
     """Run gdb on the session: interactive on this terminal, or ``batch`` with ``commands``
     (then detached). Returns gdb's exit status; the guest runs afterwards."""
     gdb_binary = gdb_binary or session.gdb_binary
-    if not shutil.which(gdb_binary):
-        raise ConfigError(f"{gdb_binary} not found: install gdb (gdb-multiarch for foreign guests)")
-    cmd = session.gdb_command(gdb_binary)
+    return run_gdb_command(session.gdb_command(gdb_binary), lambda: resume_guest(session.machine),
+                           batch=batch, commands=commands, timeout=timeout, stdout=stdout)
+
+
+def run_gdb_command(cmd: list[str], resume, *, batch: bool = False, commands: list[str] = (),
+                    timeout: float = GDB_TIMEOUT, stdout=None) -> int:
+    """Run gdb (``cmd``: binary, options, ``-x SCRIPT``); ``resume()`` afterwards, however it
+    ended, so the guest is not left stopped. Also for a live VM's gdb (``gdb --on``), whose
+    machine is in the supervisor: there ``resume`` tells the supervisor."""
+    if not shutil.which(cmd[0]):
+        raise ConfigError(f"{cmd[0]} not found: install gdb (gdb-multiarch for foreign guests)")
+    cmd = list(cmd)
     if batch:
         cmd.insert(1, "--batch")
         for c in [*commands, "detach"]:
@@ -265,7 +274,7 @@ def run_gdb(session: Session, *, batch: bool = False, commands: list[str] = (),
                            f"{shlex.join(cmd)}") from None
     except BaseException:
         with contextlib.suppress(Exception):  # the first error is the one to report
-            resume_guest(session.machine)
+            resume()
         raise
     finally:
         if proc is not None and proc.poll() is None:
@@ -273,7 +282,7 @@ def run_gdb(session: Session, *, batch: bool = False, commands: list[str] = (),
             proc.wait(5)
         if old is not None:
             signal.signal(signal.SIGINT, old)
-    resume_guest(session.machine)
+    resume()
     return status
 
 
@@ -292,7 +301,8 @@ def hint(session: Session) -> str:
 
 
 __all__ = ["KSym", "Session", "kallsyms_assembly", "kallsyms_object", "module_sections",
-           "module_symbol_command", "parse_kallsyms", "prepare", "resume_guest", "run_gdb"]
+           "module_symbol_command", "parse_kallsyms", "prepare", "resume_guest", "run_gdb",
+           "run_gdb_command"]
 
 
 # --------------------------------------------------------------------------

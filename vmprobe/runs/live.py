@@ -274,6 +274,10 @@ class Supervisor:
             wire.send(conn, b"o", data)
         return {"status": channel.recv_exit_status() if channel.exit_status_ready() else 0}
 
+    def op_gdb(self, conn, req) -> dict:
+        from vmprobe.runs.live_gdb import serve
+        return serve(self, conn, req, _Lines(conn), guest_state, state_difference)
+
     def op_probe(self, conn, req) -> dict:
         from vmprobe import modules
         from vmprobe.check.probe import ProbeOptions

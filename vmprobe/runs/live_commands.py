@@ -243,8 +243,6 @@ def ls(args, log) -> int:
 
 
 def gdb_on(args, log) -> int:
-    """``gdb --on``: not built yet (the live VM's gdbstub is its ``gdb_socket`` in ``vmprobe ls --json``)."""
-    from vmprobe.errors import ConfigError
-    info = lc.require(args.on)
-    raise ConfigError(f"gdb --on is not supported yet; attach by hand: gdb -ex 'target remote "
-                      f"{info['gdb_socket']}' (the guest stops while gdb is attached)")
+    """``gdb --on``: gdb on the live VM's gdbstub (see ``live_gdb``)."""
+    from vmprobe.runs.live_gdb import gdb_on as attach
+    return attach(args, log)
