@@ -136,12 +136,17 @@ class AnyModule:
             raise ModuleLoadError(f"{c.module.name} loaded but registered no kprobe: {c.KPROBES_LIST} "
                                   f"has no new line (it asked for: {asked})",
                                   detail="\n".join(lines[-15:]))
-        self.probes = [self._entry(rec) for rec in self.records]
+        self.probes = [self._entry(rec, discovery.registered_offset(rec, registrations)) for rec in self.records]
 
-    def _entry(self, rec: ProbeRecord) -> dict:
-        return {"symbol": rec.symbol, "offset": rec.offset, "address": f"{rec.address:#x}",
-                "kind": discovery.kind_of(rec), "list_type": rec.type, "list_flags": rec.flags,
-                "mechanism": None, "bytes": {"before": "", "armed": "", "after": ""}, "hits": None}
+    def _entry(self, rec: ProbeRecord, asked: int | None) -> dict:
+        """``offset`` is what the module asked for; where the kernel moved it (IBT: sym+0 is armed
+        at sym+4) the list's offset is ``list_offset`` and the difference ``moved_by``."""
+        entry = {"symbol": rec.symbol, "offset": rec.offset, "address": f"{rec.address:#x}",
+                 "kind": discovery.kind_of(rec), "list_type": rec.type, "list_flags": rec.flags,
+                 "mechanism": None, "bytes": {"before": "", "armed": "", "after": ""}, "hits": None}
+        if asked is not None and asked != rec.offset:
+            entry.update(offset=asked, list_offset=rec.offset, moved_by=rec.offset - asked)
+        return entry
 
     def _assert_site(self, found: dict[str, int]) -> None:
         opt, c = self.opt, self.c
@@ -345,6 +350,7 @@ class AnyModule:
         r, first = self.r, self.probes[0]
         r.probes = self.probes
         r.probe.update({k: first[k] for k in ("symbol", "offset", "address", "kind", "mechanism", "list_flags")})
+        r.probe["moved_by"] = first.get("moved_by", 0)
         r.probe["handlers"] = first.get("handlers", {})
         r.probe["module"] = self.c.module.name
         r.bytes = dict(first["bytes"])

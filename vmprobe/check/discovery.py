@@ -31,16 +31,28 @@ def discover(before: list[ProbeRecord], after: list[ProbeRecord]) -> list[ProbeR
     return [r for r in after if (r.address, r.type) not in old]
 
 
+def _registered_as(rec: ProbeRecord, reg) -> bool:
+    """Whether registration ``reg`` made probe ``rec`` (the kernel may move a probe on by a
+    few bytes: past an IBT ENDBR, sym+0 is armed at sym+4)."""
+    return bool(reg.addr and reg.addr == rec.address) or (
+        reg.symbol == rec.symbol and reg.offset <= rec.offset <= reg.offset + 16)
+
+
 def in_registration_order(records: list[ProbeRecord], registrations) -> list[ProbeRecord]:
     """The probes in the order the module registered them (the list's order is a hash's);
     the first one is the one examined most closely."""
     def rank(rec: ProbeRecord) -> int:
-        for i, reg in enumerate(registrations):
-            if (reg.addr and reg.addr == rec.address) or (
-                    reg.symbol == rec.symbol and reg.offset <= rec.offset <= reg.offset + 16):
-                return i
-        return len(registrations)
+        return next((i for i, reg in enumerate(registrations) if _registered_as(rec, reg)), len(registrations))
     return sorted(records, key=rank)
+
+
+def registered_offset(rec: ProbeRecord, registrations) -> int | None:
+    """The offset the module asked for, by name, of the probe the list shows as ``rec`` (None
+    when no registration by name was seen for it)."""
+    for reg in registrations:
+        if reg.symbol and reg.symbol == rec.symbol and _registered_as(rec, reg):
+            return reg.offset
+    return None
 
 
 def kind_of(record: ProbeRecord) -> str:
