@@ -16,7 +16,7 @@ import re
 import time
 
 from vmprobe.arch import SITE_WINDOW, Mechanism, agrees_with_flags
-from vmprobe.check import discovery, hits
+from vmprobe.check import discovery, gdb_hits, hits
 from vmprobe.check.discovery import Handlers
 from vmprobe.check.refusals import RegistrationTracer, explain
 from vmprobe.errors import ModuleLoadError
@@ -55,6 +55,8 @@ class AnyModule:
         self.probes: list[dict] = []
         self.records: list[ProbeRecord] = []
         self.handlers: list[Handlers] = []
+        self.bases: dict[str, int] = {}          # the module's section → its address in the guest
+        self.by_gdb: set[str] = set()            # handlers counted with breakpoints (no fentry site)
 
     # -- the flow --------------------------------------------------------------
     def run(self) -> None:
@@ -183,7 +185,7 @@ class AnyModule:
         c, m = self.c, self.m
         listing = m.run(f"cd /sys/module/{c.module.name}/sections && for f in .* *; do "
                         f"[ -f \"$f\" ] && echo \"$f $(cat \"$f\")\"; done", 30).stdout
-        bases = discovery.section_bases(listing)
+        bases = self.bases = discovery.section_bases(listing)
         memory = {}
         for name, size in self.image.data_sections.items():
             if name in bases and size <= 1 << 20:
@@ -264,14 +266,34 @@ class AnyModule:
         self.r.hits_counter = hits.COUNTER if counter.traced else None
         return counter
 
+    def _untraced(self, counter: hits.FunctionCounter) -> dict[str, int]:
+        """The handlers ftrace refused, with their addresses in the guest (for breakpoints)."""
+        found = {}
+        for f in self.image.functions:
+            if f.name in counter.refused and f.section in self.bases and f.name not in found:
+                found[f.name] = self.bases[f.section] + f.offset
+        return found
+
     def _trigger_and_count(self, counter: hits.FunctionCounter) -> None:
         r, opt = self.r, self.opt
         trigger = opt.trigger or self.c.DEFAULT_TRIGGER
-        res = self.m.run(trigger, 60)
+        untraced = self._untraced(counter)
+        if untraced:   # no fentry site: count those with breakpoints, the rest with ftrace
+            res, by_gdb = gdb_hits.count_calls(self.c.gdb, untraced, lambda: self.m.run(trigger, 60))
+        else:
+            res, by_gdb = self.m.run(trigger, 60), None
         r.probe["trigger"] = {"command": trigger, "status": res.status}
         counts = counter.read()
         r.module["hit_counts"] = {"per_function": counts.per_function, "traced": counts.traced,
                                   "untraceable": counts.refused, "overruns": counts.overruns}
+        if by_gdb is not None:
+            self.by_gdb = set(by_gdb.per_function)
+            counts.per_function.update(by_gdb.per_function)
+            counts.traced += list(by_gdb.per_function)
+            r.module["hit_counts"]["by_breakpoints"] = {
+                "per_function": by_gdb.per_function, "capped_at": gdb_hits.CAP, "capped": by_gdb.capped,
+                "seconds": round(by_gdb.seconds, 2)}
+            r.hits_counter = "+".join(x for x in (r.hits_counter, gdb_hits.COUNTER) if x)
         uses: dict[str, int] = {}
         for h in self.handlers:
             for n in set(h.names().values()):
@@ -280,6 +302,7 @@ class AnyModule:
             label = f"{p['symbol']}+{p['offset']:#x}"
             main = (h.ret or h.pre or h.post)
             p["hits"] = counts.of(main)
+            p["hits_counter"] = gdb_hits.COUNTER if main in self.by_gdb else hits.COUNTER
             if h.entry:
                 p["entry_hits"] = counts.of(h.entry)
             if h.pre and h.post:
@@ -291,7 +314,9 @@ class AnyModule:
                 why = (f"{main} cannot be traced by ftrace" if main else "its handlers were not found")
                 r.check(f"{label}: handler hits", None, why)
                 continue
-            more = " (at least: the trace buffer overran)" if counts.overruns else ""
+            more = " (at least: the trace buffer overran)" if counts.overruns and main not in self.by_gdb else ""
+            if main in self.by_gdb:
+                more = f" (counted with a breakpoint{', at least: capped' if p['hits'] >= gdb_hits.CAP else ''})"
             detail = f"{p['hits']} calls into {main}{more}"
             if h.entry:
                 detail += f", {p['entry_hits']} into the entry handler {h.entry}"
@@ -305,10 +330,18 @@ class AnyModule:
         c, r = self.c, self.r
         first, h = self.records[0], self.handlers[0]
         c.run_state.address = first.address
-        counter.clear()
-        c._registers_at_hit()
         main = h.entry or h.ret or h.pre or h.post
-        if counter.traced and main in counter.traced:
+        counter.clear()
+        if main in self.by_gdb:   # no fentry site: see the handler entered right after the stop
+            c.run_state.then = {a: n for n, a in self._untraced(counter).items() if n == main}
+        c._registers_at_hit()
+        if main in self.by_gdb:
+            entered = r.registers_at_hit.get("then")
+            n = int(entered == main)
+            r.registers_at_hit["handler_calls_after_stop"] = n
+            r.check("the probe fired at that stop (its handler ran next)", entered == main,
+                    f"{main} entered after the stop" if n else r.registers_at_hit.get("then_error", entered))
+        elif counter.traced and main in counter.traced:
             n = counter.read().of(main) or 0
             r.registers_at_hit["handler_calls_after_stop"] = n
             r.check("the probe fired at that stop (its handler count rose)", n > 0,
