@@ -33,7 +33,7 @@ def check_hot_report(vm, report) -> None:
     regs = d["registers_at_hit"]
     assert int(regs["pc"], 16) == int(d["probe"]["address"], 16)
     assert regs["reason"] == "breakpoint-hit"
-    if vm.profile.name == "x86_64":
+    if vm.profile.percpu_base_register or vm.profile.current_register:   # the arches whose task is read
         task = regs["task"]
         assert task is not None, regs.get("task_error")
         assert task["comm"] and task["pid"] >= 0 and isinstance(task["kernel_thread"], bool)
