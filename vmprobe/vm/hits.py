@@ -19,7 +19,7 @@ deletes the breakpoint and resumes the guest, on every path.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from vmprobe.errors import GdbError, VmprobeError
@@ -60,9 +60,25 @@ def task_layout_or_reason(machine) -> tuple[TaskLayout | None, str | None]:
         return machine.run(f"grep -E ' ({names})$' /proc/kallsyms", 30).stdout
 
     try:
-        return task_layout(machine.kernel, machine.profile, kallsyms), None
+        layout = task_layout(machine.kernel, machine.profile, kallsyms)
+        reader = machine.profile.current_reader
+        if reader:   # where current is, read from code at this boot's address of the reader
+            layout = replace(layout, reader=_text_address(machine, reader))
+        return layout, None
     except (NoTaskInfo, VmprobeError, OSError, ValueError) as exc:
         return None, f"no current-task layout: {exc}"
+
+
+def _text_address(machine, name: str) -> int:
+    """Where text symbol ``name`` is in this boot (the warm snapshot's kallsyms, else the guest's)."""
+    saved = machine.saved_kallsyms()
+    text = (saved.read_text(errors="replace") if saved is not None
+            else machine.run(f"grep -E ' [tT] {name}$' /proc/kallsyms", 30).stdout)
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[2] == name and fields[1] in "tT":
+            return int(fields[0], 16)
+    raise NoTaskInfo(f"{name} is not in /proc/kallsyms")
 
 
 def _is_ours(stop: Stop, number: str, address: int) -> bool:

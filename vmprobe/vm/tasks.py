@@ -16,10 +16,12 @@ and cached (``$VMPROBE_CACHE/tasklayout/<image sha256>.json``):
   BTF is found in the raw ``Image`` by its header;
 * ``task_struct``'s ``pid``, ``tgid``, ``comm`` and ``flags`` (``PF_KTHREAD``).
 
+* on i386 (no BTF, no data symbols in kallsyms) both come another way:
+  :mod:`vmprobe.vm.task_offsets`.
+
 Which register says what is the arch profile's (``percpu_base_register``,
-``current_register``). Other arches (i386: Debian's 686 kernels have no BTF
-nor data symbols in kallsyms), and kernels without BTF, get a reason instead
-of a task.
+``current_register``, ``current_reader``). Other arches, and kernels without
+BTF, get a reason instead of a task.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from vmprobe.config import cache_dir
 from vmprobe.formats import btf as btf_format
 from vmprobe.formats import elf
 from vmprobe.kernels.local import decompress, x86_payload
+from vmprobe.vm import task_offsets
 from vmprobe.vm.gdb import Gdb
 
 PF_KTHREAD = 0x00200000
@@ -52,6 +55,7 @@ class TaskLayout:
     flags: int
     pointer_size: int = 8
     holds_current: bool = False   # the register's value is the task pointer (arm64's SP_EL0)
+    reader: int = 0               # i386: a function whose first %fs load is current's (per boot: KASLR)
 
 
 #: per-CPU variables that hold (or start with) the current task pointer, most recent first
@@ -124,7 +128,7 @@ def task_layout(kernel, profile, kallsyms=None) -> TaskLayout:
 
     ``kallsyms()`` returns the guest's /proc/kallsyms text (or the lines of the
     per-CPU current-task symbols); it is asked only when the BTF lacks them."""
-    if profile.percpu_base_register != "gs_base" and not profile.current_register:
+    if not (profile.percpu_base_register or profile.current_register):
         raise NoTaskInfo(f"reading the current task is not implemented for {profile.name} guests")
     key = kernel.image_sha256 or f"{kernel.release}-{kernel.image_path.stat().st_size}"
     path = cache_dir() / "tasklayout" / f"{key}.json"
@@ -134,18 +138,34 @@ def task_layout(kernel, profile, kallsyms=None) -> TaskLayout:
             return TaskLayout(**saved)
     except (OSError, ValueError, TypeError):
         pass
-    data = _vmlinux_btf(kernel)
-    try:
-        layout = layout_from_btf(data, current_register=profile.current_register)
-    except NoTaskInfo:
-        if kallsyms is None:
-            raise
-        layout = layout_from_btf(data, percpu_from_kallsyms(kallsyms()))
+    if profile.current_reader:
+        layout = _layout_from_headers(kernel, profile)
+    else:
+        data = _vmlinux_btf(kernel)
+        try:
+            layout = layout_from_btf(data, current_register=profile.current_register)
+        except NoTaskInfo:
+            if kallsyms is None:
+                raise
+            layout = layout_from_btf(data, percpu_from_kallsyms(kallsyms()))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.write_text(json.dumps({"format": LAYOUT_FORMAT, **asdict(layout)}) + "\n")
     tmp.replace(path)
     return layout
+
+
+def _layout_from_headers(kernel, profile) -> TaskLayout:
+    """task_struct's offsets from an object built against the kernel's headers (i386)."""
+    from vmprobe import modules
+    from vmprobe.errors import VmprobeError
+    try:
+        built = modules.build(task_offsets.SOURCE, kernel)[0]
+        found = task_offsets.offsets_from_object(built.path.read_bytes())
+    except (VmprobeError, task_offsets.NoOffsets, OSError) as exc:
+        raise NoTaskInfo(f"task_struct's offsets could not be built for {kernel.release}: {exc}") from None
+    return TaskLayout(profile.percpu_base_register, 0, found["pid"], found["tgid"], found["comm"],
+                      found["flags"], pointer_size=found["pointer_size"])
 
 
 @dataclass(frozen=True)
@@ -168,10 +188,16 @@ def current_task(gdb: Gdb, layout: TaskLayout, base: int | None = None) -> Task:
         base = gdb.registers([layout.base_register])[layout.base_register]
     if not base:
         raise NoTaskInfo(f"{layout.base_register} is 0: the vCPU is not in the kernel")
+    current = layout.current
+    if layout.reader:
+        current = task_offsets.fs_load_address(gdb.read_memory(layout.reader, task_offsets.READER_WINDOW))
+        if current is None:
+            raise NoTaskInfo(f"no %fs load in the first {task_offsets.READER_WINDOW} bytes at {layout.reader:#x}")
     if layout.holds_current:
         task = base
     else:
-        task, = struct.unpack("<Q", gdb.read_memory(base + layout.current, layout.pointer_size))
+        word = gdb.read_memory((base + current) & ((1 << 8 * layout.pointer_size) - 1), layout.pointer_size)
+        task, = struct.unpack("<Q" if layout.pointer_size == 8 else "<I", word)
     # one read for the fields (a few KB apart: one MI command instead of four)
     start = min(layout.pid, layout.tgid, layout.comm, layout.flags)
     end = max(layout.pid + 4, layout.tgid + 4, layout.comm + 16, layout.flags + 4)
