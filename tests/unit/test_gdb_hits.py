@@ -8,6 +8,7 @@ from test_gdb_state import HIT_PC, ReplayGdb, resp, running
 
 from vmprobe.check import gdb_hits
 from vmprobe.vm.gdb import State
+from vmprobe.vm.hits import first_hit
 
 
 def script(fake: ReplayGdb, hits: int) -> None:
@@ -54,3 +55,21 @@ def test_a_failing_trigger_is_raised_after_the_breakpoints_are_gone():
     with pytest.raises(TimeoutError, match="ssh timed out"):
         gdb_hits.count_calls(g, {"handler_pre": HIT_PC}, broken, timeout=20)
     assert "-break-delete 1" in fake.commands and g.state is State.RUNNING
+
+
+def test_first_hit_then_sees_the_handler_entered_after_the_stop():
+    fake = ReplayGdb()
+    g = running(fake)
+    fake.answer("-exec-interrupt", resp("-exec-interrupt"))
+    fake.answer("-break-insert", resp("-break-insert"), resp("-break-insert"))
+    fake.answer("-exec-continue", resp("-exec-continue (hot breakpoint)"), resp("-exec-continue (hot breakpoint)"),
+                resp("-exec-continue (no breakpoint)"))
+    fake.answer("-data-list-register-names", resp("-data-list-register-names"))
+    fake.answer("-data-list-register-values", resp("-data-list-register-values"))
+    fake.answer("-break-delete", resp("-break-delete"), resp("-break-delete"))
+    site = 0xFFFFFFFF81000000   # never the handler: the handler's stop is the recorded one at HIT_PC
+    hit = first_hit(g, site, ["rip"], then={HIT_PC: "handler_pre"}, timeout=5)
+    assert hit.then == "handler_pre" and hit.to_dict()["then"] == "handler_pre"
+    assert fake.commands[-5:] == ["-break-delete 1", f"-break-insert -h *{HIT_PC:#x}", "-exec-continue",
+                                  "-break-delete 1", "-exec-continue"]
+    assert g.state is State.RUNNING
