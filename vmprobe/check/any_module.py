@@ -229,7 +229,7 @@ class AnyModule:
     def _armed(self, p: dict, rec: ProbeRecord) -> None:
         c, r = self.c, self.r
         before = self._before_bytes(rec.address)
-        label = f"{rec.symbol}+{rec.offset:#x}"
+        label = f"{p['symbol']}+{p['offset']:#x}"
         deadline = time.monotonic() + self.opt.settle_timeout
         while True:
             armed = c.gdb.read_memory(rec.address, SITE_WINDOW)
@@ -370,7 +370,7 @@ class AnyModule:
                 break
             time.sleep(0.1)
         p["bytes"]["after"] = after.hex()
-        label = f"{rec.symbol}+{rec.offset:#x}"
+        label = f"{p['symbol']}+{p['offset']:#x}"
         if before is None:
             armed = bytes.fromhex(p["bytes"]["armed"])
             ok = self.m.profile.sites.classify(rec.address, armed, after).mechanism != self.m.profile.breakpoint_mechanism
