@@ -4,7 +4,8 @@ from __future__ import annotations
 import struct
 
 from vmprobe.check.any_module import module_lines
-from vmprobe.check.discovery import discover, find_handlers, in_registration_order, kind_of, section_bases
+from vmprobe.check.discovery import (discover, find_handlers, in_registration_order, kind_of, registered_offset,
+                                     section_bases)
 from vmprobe.check.refusals import Registration, explain, parse_registrations
 from vmprobe.formats.kprobes_list import parse_debugfs_list
 from vmprobe.modules.introspect import Function, ModuleImage
@@ -20,6 +21,18 @@ def test_discovery_is_the_difference_and_keeps_the_type():
         ("kernel_clone", 0, "r", "kretprobe"), ("do_sys_openat2", 5, "k", "kprobe")]
     regs = [Registration("kprobe", "do_sys_openat2", 5, 0, 0), Registration("kretprobe", "kernel_clone", 0, 0, 0)]
     assert [r.symbol for r in in_registration_order(new, regs)] == ["do_sys_openat2", "kernel_clone"]
+
+
+
+def test_two_probes_on_one_function_each_find_their_own_registration():
+    """kernel_clone+0 (moved to +4 past an IBT ENDBR) and kernel_clone+9, listed in hash order."""
+    listed = parse_debugfs_list("ffffffff8ca94129  k  kernel_clone+0x9    \n"
+                                "ffffffff8ca94124  k  kernel_clone+0x4    [FTRACE]\n")
+    regs = [Registration("kprobe", "kernel_clone", 0, 0, 0), Registration("kprobe", "kernel_clone", 9, 0, 0)]
+    ordered = in_registration_order(listed, regs)
+    assert [r.offset for r in ordered] == [4, 9]
+    assert [registered_offset(r, regs) for r in ordered] == [0, 9]
+    assert registered_offset(ordered[0], []) is None
 
 
 TRACE = """\

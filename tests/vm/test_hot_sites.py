@@ -12,8 +12,8 @@ import json
 import time
 
 import pytest
+from entry_sites import after_entry  # tests/vm/entry_sites.py
 
-from vmprobe.check.probe import resolve_symbols
 from vmprobe.vm.gdb import Gdb, State
 from vmprobe.vm.hits import first_hit, task_layout_or_reason
 
@@ -33,7 +33,7 @@ def check_hot_report(vm, report) -> None:
     regs = d["registers_at_hit"]
     assert int(regs["pc"], 16) == int(d["probe"]["address"], 16)
     assert regs["reason"] == "breakpoint-hit"
-    if vm.profile.name == "x86_64":
+    if vm.profile.percpu_base_register or vm.profile.current_register:   # the arches whose task is read
         task = regs["task"]
         assert task is not None, regs.get("task_error")
         assert task["comm"] and task["pid"] >= 0 and isinstance(task["kernel_thread"], bool)
@@ -67,7 +67,7 @@ def test_the_reported_command_passes(tmp_path, vmprobe_cli, accel, no_leaks):
 def test_breakpoint_hit_thousands_of_times_a_second(vm):
     """gdb straight on the guest while a loop calls vfs_read thousands of times a second:
     every continue stops at once (often in the same read as its ^running)."""
-    address = resolve_symbols(vm, ["vfs_read"])["vfs_read"] + 5
+    address = sum(after_entry(vm, "vfs_read"))
     layout, why = task_layout_or_reason(vm)
     loop = vm.run(BUSY_LOOP).stdout.strip()
     g = Gdb(vm.profile.gdb_binary, arch=vm.profile.gdb_arch)

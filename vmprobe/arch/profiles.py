@@ -45,6 +45,8 @@ class ArchProfile:
     static_cc: tuple[str, ...] = ("gcc", "gcc-12")
     static_cflags: tuple[str, ...] = ()
     percpu_base_register: str = ""  # gdb register holding the per-CPU base in the kernel ("" = unknown)
+    current_register: str = ""      # gdb register holding the current task itself in the kernel (arm64's SP_EL0)
+    current_reader: str = ""        # a function whose first per-CPU load reads current (no BTF/kallsyms for it)
     config_symbol: str = ""          # the Kconfig symbol a kernel .config of this arch sets
     old_arch_dir: str = ""           # its arch/ dir in 2.6-era trees (before the x86 merge), if any
     code_model_cflags: tuple[str, ...] = ()   # what an old tree's module build must add for the code model
@@ -94,6 +96,7 @@ PROFILES = {
         assembler=("as", "--32"), qemu_package="qemu-system-x86",
         tree_images=("arch/x86/boot/bzImage",), aliases=("i686", "x86_32"),
         return_register="eax", syscall_prefix="__ia32_sys_",
+        percpu_base_register="fs_base", current_reader="__ia32_sys_getpid",
     ),
     "arm64": ArchProfile(
         name="aarch64", debian_arch="arm64", qemu="qemu-system-aarch64", machine="virt",
@@ -108,7 +111,7 @@ PROFILES = {
         sites=Arm64Sites(), elf_machine=183, multiarch="aarch64-linux-gnu",
         assembler=("aarch64-linux-gnu-as",), qemu_package="qemu-system-arm",
         tree_images=("arch/arm64/boot/Image", "arch/arm64/boot/Image.gz"),
-        return_register="x0", syscall_prefix="__arm64_sys_",
+        return_register="x0", syscall_prefix="__arm64_sys_", current_register="SP_EL0",
     ),
 }
 

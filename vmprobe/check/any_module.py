@@ -16,7 +16,7 @@ import re
 import time
 
 from vmprobe.arch import SITE_WINDOW, Mechanism, agrees_with_flags
-from vmprobe.check import discovery, hits
+from vmprobe.check import discovery, gdb_hits, hits
 from vmprobe.check.discovery import Handlers
 from vmprobe.check.refusals import RegistrationTracer, explain
 from vmprobe.errors import ModuleLoadError
@@ -55,6 +55,8 @@ class AnyModule:
         self.probes: list[dict] = []
         self.records: list[ProbeRecord] = []
         self.handlers: list[Handlers] = []
+        self.bases: dict[str, int] = {}          # the module's section → its address in the guest
+        self.by_gdb: set[str] = set()            # handlers counted with breakpoints (no fentry site)
 
     # -- the flow --------------------------------------------------------------
     def run(self) -> None:
@@ -136,12 +138,17 @@ class AnyModule:
             raise ModuleLoadError(f"{c.module.name} loaded but registered no kprobe: {c.KPROBES_LIST} "
                                   f"has no new line (it asked for: {asked})",
                                   detail="\n".join(lines[-15:]))
-        self.probes = [self._entry(rec) for rec in self.records]
+        self.probes = [self._entry(rec, discovery.registered_offset(rec, registrations)) for rec in self.records]
 
-    def _entry(self, rec: ProbeRecord) -> dict:
-        return {"symbol": rec.symbol, "offset": rec.offset, "address": f"{rec.address:#x}",
-                "kind": discovery.kind_of(rec), "list_type": rec.type, "list_flags": rec.flags,
-                "mechanism": None, "bytes": {"before": "", "armed": "", "after": ""}, "hits": None}
+    def _entry(self, rec: ProbeRecord, asked: int | None) -> dict:
+        """``offset`` is what the module asked for; where the kernel moved it (IBT: sym+0 is armed
+        at sym+4) the list's offset is ``list_offset`` and the difference ``moved_by``."""
+        entry = {"symbol": rec.symbol, "offset": rec.offset, "address": f"{rec.address:#x}",
+                 "kind": discovery.kind_of(rec), "list_type": rec.type, "list_flags": rec.flags,
+                 "mechanism": None, "bytes": {"before": "", "armed": "", "after": ""}, "hits": None}
+        if asked is not None and asked != rec.offset:
+            entry.update(offset=asked, list_offset=rec.offset, moved_by=rec.offset - asked)
+        return entry
 
     def _assert_site(self, found: dict[str, int]) -> None:
         opt, c = self.opt, self.c
@@ -178,7 +185,7 @@ class AnyModule:
         c, m = self.c, self.m
         listing = m.run(f"cd /sys/module/{c.module.name}/sections && for f in .* *; do "
                         f"[ -f \"$f\" ] && echo \"$f $(cat \"$f\")\"; done", 30).stdout
-        bases = discovery.section_bases(listing)
+        bases = self.bases = discovery.section_bases(listing)
         memory = {}
         for name, size in self.image.data_sections.items():
             if name in bases and size <= 1 << 20:
@@ -222,7 +229,7 @@ class AnyModule:
     def _armed(self, p: dict, rec: ProbeRecord) -> None:
         c, r = self.c, self.r
         before = self._before_bytes(rec.address)
-        label = f"{rec.symbol}+{rec.offset:#x}"
+        label = f"{p['symbol']}+{p['offset']:#x}"
         deadline = time.monotonic() + self.opt.settle_timeout
         while True:
             armed = c.gdb.read_memory(rec.address, SITE_WINDOW)
@@ -259,14 +266,34 @@ class AnyModule:
         self.r.hits_counter = hits.COUNTER if counter.traced else None
         return counter
 
+    def _untraced(self, counter: hits.FunctionCounter) -> dict[str, int]:
+        """The handlers ftrace refused, with their addresses in the guest (for breakpoints)."""
+        found = {}
+        for f in self.image.functions:
+            if f.name in counter.refused and f.section in self.bases and f.name not in found:
+                found[f.name] = self.bases[f.section] + f.offset
+        return found
+
     def _trigger_and_count(self, counter: hits.FunctionCounter) -> None:
         r, opt = self.r, self.opt
         trigger = opt.trigger or self.c.DEFAULT_TRIGGER
-        res = self.m.run(trigger, 60)
+        untraced = self._untraced(counter)
+        if untraced:   # no fentry site: count those with breakpoints, the rest with ftrace
+            res, by_gdb = gdb_hits.count_calls(self.c.gdb, untraced, lambda: self.m.run(trigger, 60))
+        else:
+            res, by_gdb = self.m.run(trigger, 60), None
         r.probe["trigger"] = {"command": trigger, "status": res.status}
         counts = counter.read()
         r.module["hit_counts"] = {"per_function": counts.per_function, "traced": counts.traced,
                                   "untraceable": counts.refused, "overruns": counts.overruns}
+        if by_gdb is not None:
+            self.by_gdb = set(by_gdb.per_function)
+            counts.per_function.update(by_gdb.per_function)
+            counts.traced += list(by_gdb.per_function)
+            r.module["hit_counts"]["by_breakpoints"] = {
+                "per_function": by_gdb.per_function, "capped_at": gdb_hits.CAP, "capped": by_gdb.capped,
+                "seconds": round(by_gdb.seconds, 2)}
+            r.hits_counter = "+".join(x for x in (r.hits_counter, gdb_hits.COUNTER) if x)
         uses: dict[str, int] = {}
         for h in self.handlers:
             for n in set(h.names().values()):
@@ -275,6 +302,7 @@ class AnyModule:
             label = f"{p['symbol']}+{p['offset']:#x}"
             main = (h.ret or h.pre or h.post)
             p["hits"] = counts.of(main)
+            p["hits_counter"] = gdb_hits.COUNTER if main in self.by_gdb else hits.COUNTER
             if h.entry:
                 p["entry_hits"] = counts.of(h.entry)
             if h.pre and h.post:
@@ -286,7 +314,9 @@ class AnyModule:
                 why = (f"{main} cannot be traced by ftrace" if main else "its handlers were not found")
                 r.check(f"{label}: handler hits", None, why)
                 continue
-            more = " (at least: the trace buffer overran)" if counts.overruns else ""
+            more = " (at least: the trace buffer overran)" if counts.overruns and main not in self.by_gdb else ""
+            if main in self.by_gdb:
+                more = f" (counted with a breakpoint{', at least: capped' if p['hits'] >= gdb_hits.CAP else ''})"
             detail = f"{p['hits']} calls into {main}{more}"
             if h.entry:
                 detail += f", {p['entry_hits']} into the entry handler {h.entry}"
@@ -300,10 +330,18 @@ class AnyModule:
         c, r = self.c, self.r
         first, h = self.records[0], self.handlers[0]
         c.run_state.address = first.address
-        counter.clear()
-        c._registers_at_hit()
         main = h.entry or h.ret or h.pre or h.post
-        if counter.traced and main in counter.traced:
+        counter.clear()
+        if main in self.by_gdb:   # no fentry site: see the handler entered right after the stop
+            c.run_state.then = {a: n for n, a in self._untraced(counter).items() if n == main}
+        c._registers_at_hit()
+        if main in self.by_gdb:
+            entered = r.registers_at_hit.get("then")
+            n = int(entered == main)
+            r.registers_at_hit["handler_calls_after_stop"] = n
+            r.check("the probe fired at that stop (its handler ran next)", entered == main,
+                    f"{main} entered after the stop" if n else r.registers_at_hit.get("then_error", entered))
+        elif counter.traced and main in counter.traced:
             n = counter.read().of(main) or 0
             r.registers_at_hit["handler_calls_after_stop"] = n
             r.check("the probe fired at that stop (its handler count rose)", n > 0,
@@ -332,7 +370,7 @@ class AnyModule:
                 break
             time.sleep(0.1)
         p["bytes"]["after"] = after.hex()
-        label = f"{rec.symbol}+{rec.offset:#x}"
+        label = f"{p['symbol']}+{p['offset']:#x}"
         if before is None:
             armed = bytes.fromhex(p["bytes"]["armed"])
             ok = self.m.profile.sites.classify(rec.address, armed, after).mechanism != self.m.profile.breakpoint_mechanism
@@ -345,6 +383,7 @@ class AnyModule:
         r, first = self.r, self.probes[0]
         r.probes = self.probes
         r.probe.update({k: first[k] for k in ("symbol", "offset", "address", "kind", "mechanism", "list_flags")})
+        r.probe["moved_by"] = first.get("moved_by", 0)
         r.probe["handlers"] = first.get("handlers", {})
         r.probe["module"] = self.c.module.name
         r.bytes = dict(first["bytes"])

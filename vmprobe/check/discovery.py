@@ -31,16 +31,34 @@ def discover(before: list[ProbeRecord], after: list[ProbeRecord]) -> list[ProbeR
     return [r for r in after if (r.address, r.type) not in old]
 
 
+def _registration_of(rec: ProbeRecord, registrations) -> int | None:
+    """The index of the registration that made probe ``rec``: by address, else by name at the
+    listed offset, else the nearest one by name before it (the kernel may move a probe on by
+    a few bytes: past an IBT ENDBR, sym+0 is armed at sym+4)."""
+    regs = list(registrations)
+    for i, reg in enumerate(regs):
+        if reg.addr and reg.addr == rec.address:
+            return i
+    near = [(rec.offset - reg.offset, i) for i, reg in enumerate(regs)
+            if reg.symbol == rec.symbol and 0 <= rec.offset - reg.offset <= 16]
+    return min(near)[1] if near else None
+
+
 def in_registration_order(records: list[ProbeRecord], registrations) -> list[ProbeRecord]:
     """The probes in the order the module registered them (the list's order is a hash's);
     the first one is the one examined most closely."""
     def rank(rec: ProbeRecord) -> int:
-        for i, reg in enumerate(registrations):
-            if (reg.addr and reg.addr == rec.address) or (
-                    reg.symbol == rec.symbol and reg.offset <= rec.offset <= reg.offset + 16):
-                return i
-        return len(registrations)
+        i = _registration_of(rec, registrations)
+        return len(registrations) if i is None else i
     return sorted(records, key=rank)
+
+
+def registered_offset(rec: ProbeRecord, registrations) -> int | None:
+    """The offset the module asked for, by name, of the probe the list shows as ``rec`` (None
+    when no registration by name was seen for it)."""
+    i = _registration_of(rec, registrations)
+    reg = None if i is None else list(registrations)[i]
+    return reg.offset if reg is not None and reg.symbol == rec.symbol else None
 
 
 def kind_of(record: ProbeRecord) -> str:

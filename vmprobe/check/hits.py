@@ -6,7 +6,8 @@ functions (``set_ftrace_filter`` with ``name:mod:module``), counted from the
 ``CONFIG_FUNCTION_PROFILER``; a gdb breakpoint per call costs a stop of the
 whole guest (and x86 has four hardware breakpoints). Lost events (a full
 ring buffer) are read from ``per_cpu/*/stats`` and reported: the count is then
-a lower bound.
+a lower bound. Handlers ftrace cannot trace (no fentry site) are counted with
+breakpoints instead (:mod:`vmprobe.check.gdb_hits`).
 """
 from __future__ import annotations
 

@@ -59,6 +59,7 @@ class _Run:
     address: int = 0          # where the probe really is
     requested: int = 0        # sym + offset as asked
     baseline: bytes = b""     # read at `requested`, SITE_WINDOW + SLACK bytes
+    then: dict[int, str] = field(default_factory=dict)   # handlers to see entered after the hit
 
 
 class ProbeCheck(CheckLifecycle):
@@ -323,7 +324,8 @@ class ProbeCheck(CheckLifecycle):
         channel = self.m.ssh.start(f"read -r _go; {trigger}")
         layout, no_layout = task_layout_or_reason(self.m)
         hit = first_hit(self.gdb, st.address, [p.pc_register, p.flags_register],
-                        go=lambda: channel.sendall(b"go\n"), layout=layout, no_layout=no_layout)
+                        go=lambda: channel.sendall(b"go\n"), layout=layout, no_layout=no_layout,
+                        then=st.then or None)
         self.m.ssh.wait(channel, trigger, 60)
         pc, flags = hit.registers[p.pc_register], hit.registers[p.flags_register]
         r.registers_at_hit = {"pc": f"{pc:#x}", "flags": f"{flags:#x}",

@@ -120,7 +120,8 @@ class ProbeReport:
             lines.append(f"  probes    {len(self.probes)} registered by {self.probe.get('module')}")
             for e in self.probes:
                 b = e.get("bytes", {})
-                lines.append(f"    {e.get('kind')} {e.get('symbol')}+{e.get('offset'):#x} at {e.get('address')}"
+                moved = f" (armed at +{e['list_offset']:#x})" if e.get("moved_by") else ""
+                lines.append(f"    {e.get('kind')} {e.get('symbol')}+{e.get('offset'):#x} at {e.get('address')}{moved}"
                              f"  {e.get('mechanism')}  flags {e.get('list_flags')}  hits {e.get('hits')}"
                              + (f" (entry {e['entry_hits']})" if e.get("entry_hits") is not None else ""))
                 if e.get("description"):

@@ -56,6 +56,20 @@ def _find(btf: Btf, members: list[Member], name: str, base: int) -> Member | Non
     return None
 
 
+def find_blob(image: bytes) -> bytes | None:
+    """The vmlinux BTF inside a raw kernel image (arm64's ``Image``: no ELF sections to
+    look in): the first little-endian version-1 header whose string section follows its
+    type section, cut to its length."""
+    at = image.find(b"\x9f\xeb\x01\x00\x18\x00\x00\x00")
+    while at >= 0:
+        type_off, type_len, str_off, str_len = struct.unpack_from("<4I", image, at + 8)
+        end = at + 24 + str_off + str_len
+        if type_off == 0 and str_off == type_len and end <= len(image):
+            return image[at:end]
+        at = image.find(b"\x9f\xeb\x01\x00\x18\x00\x00\x00", at + 1)
+    return None
+
+
 def parse(data: bytes, structs: tuple[str, ...] = (), datasec: str = ".data..percpu") -> Btf:
     """Parse ``data``: the members of the named ``structs`` (and of every anonymous
     struct/union, for nested lookups) and the variables of ``datasec``."""

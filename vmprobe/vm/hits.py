@@ -19,7 +19,7 @@ deletes the breakpoint and resumes the guest, on every path.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from vmprobe.errors import GdbError, VmprobeError
@@ -35,12 +35,16 @@ class Hit:
     task_error: str | None = None       # why there is no task
     other_stops: list[str] = field(default_factory=list)  # stops that were not the breakpoint
     seconds: float = 0.0                # breakpoint set → hit
+    then: str | None = None             # the function (of ``first_hit(then=…)``) entered next
+    then_error: str | None = None
 
     def to_dict(self) -> dict:
         return {"reason": self.stop.reason, "thread": self.stop.thread,
                 "task": self.task.to_dict() if self.task else None,
                 **({"task_error": self.task_error} if self.task_error else {}),
                 **({"other_stops": self.other_stops} if self.other_stops else {}),
+                **({"then": self.then} if self.then else {}),
+                **({"then_error": self.then_error} if self.then_error else {}),
                 "seconds": round(self.seconds, 3)}
 
 
@@ -56,9 +60,25 @@ def task_layout_or_reason(machine) -> tuple[TaskLayout | None, str | None]:
         return machine.run(f"grep -E ' ({names})$' /proc/kallsyms", 30).stdout
 
     try:
-        return task_layout(machine.kernel, machine.profile, kallsyms), None
+        layout = task_layout(machine.kernel, machine.profile, kallsyms)
+        reader = machine.profile.current_reader
+        if reader:   # where current is, read from code at this boot's address of the reader
+            layout = replace(layout, reader=_text_address(machine, reader))
+        return layout, None
     except (NoTaskInfo, VmprobeError, OSError, ValueError) as exc:
         return None, f"no current-task layout: {exc}"
+
+
+def _text_address(machine, name: str) -> int:
+    """Where text symbol ``name`` is in this boot (the warm snapshot's kallsyms, else the guest's)."""
+    saved = machine.saved_kallsyms()
+    text = (saved.read_text(errors="replace") if saved is not None
+            else machine.run(f"grep -E ' [tT] {name}$' /proc/kallsyms", 30).stdout)
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[2] == name and fields[1] in "tT":
+            return int(fields[0], 16)
+    raise NoTaskInfo(f"{name} is not in /proc/kallsyms")
 
 
 def _is_ours(stop: Stop, number: str, address: int) -> bool:
@@ -67,15 +87,18 @@ def _is_ours(stop: Stop, number: str, address: int) -> bool:
 
 def first_hit(gdb: Gdb, address: int, registers: list[str], *, go: Callable[[], None] | None = None,
               timeout: float = 20, layout: TaskLayout | None = None,
-              no_layout: str | None = None) -> Hit:
+              no_layout: str | None = None, then: dict[int, str] | None = None) -> Hit:
     """Break at ``address`` (hardware breakpoint), return the first hit by any task.
 
     ``registers`` are read at the hit; the current task too when ``layout`` is
-    given (else the report says ``no_layout``). After it, whatever happened,
-    the breakpoint is deleted and the guest runs.
+    given (else the report says ``no_layout``). ``then`` (address → name): after
+    the hit, which of these functions the guest enters next (a probe's handler:
+    proof that the probe fired at that stop). After it, whatever happened, the
+    breakpoints are deleted and the guest runs.
     """
     gdb.interrupt()
     number = gdb.command(f"-break-insert -h *{address:#x}")["payload"]["bkpt"]["number"]
+    numbers = [number]
     t0 = time.monotonic()
     others: list[str] = []
     try:
@@ -107,9 +130,30 @@ def first_hit(gdb: Gdb, address: int, registers: list[str], *, go: Callable[[], 
                 task = current_task(gdb, layout, regs[layout.base_register])
             except (NoTaskInfo, GdbError) as exc:
                 task_error = f"cannot read the current task: {exc}"
-        return Hit(stop, {n: regs[n] for n in registers}, task, task_error, others, seconds)
+        hit = Hit(stop, {n: regs[n] for n in registers}, task, task_error, others, seconds)
+        if then:
+            _next_of(gdb, hit, then, numbers, timeout)
+        return hit
     finally:
-        _remove_and_resume(gdb, number)
+        _remove_and_resume(gdb, " ".join(numbers))
+
+
+def _next_of(gdb: Gdb, hit: Hit, then: dict[int, str], numbers: list[str], timeout: float) -> None:
+    """From the stop of ``hit``: resume with breakpoints on ``then`` only, note which is entered."""
+    gdb.command(f"-break-delete {numbers.pop()}")
+    for address in then:
+        numbers.append(gdb.command(f"-break-insert -h *{address:#x}")["payload"]["bkpt"]["number"])
+    since = gdb.cont()
+    try:
+        stop = gdb.wait_stopped(timeout, f"a call into {', '.join(then.values())}", since=since)
+    except GdbError as exc:
+        if gdb.state is not State.RUNNING:
+            raise
+        hit.then_error = str(exc)
+        return
+    hit.then = then.get(stop.address) if stop.address is not None else None
+    if hit.then is None:
+        hit.then_error = f"stopped at {stop.address:#x} ({stop.reason})" if stop.address else str(stop.reason)
 
 
 def _remove_and_resume(gdb: Gdb, number: str) -> None:
