@@ -167,5 +167,6 @@ def _build(apt, version: str, tmp: Path) -> None:
         _step([*make, f"-j{os.cpu_count() or 1}", "busybox"], "building busybox with musl-gcc", src, log_file,
               timeout=BUILD_TIMEOUT, env=env)
     shutil.copy2(src / "busybox", tmp / "busybox")
-    shutil.rmtree(src)
-    shutil.rmtree(dl)
+    for path in tmp.iterdir():   # the cache keeps the program and how it was built, not the sources
+        if path.name not in ("busybox", "build.log"):
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
