@@ -248,9 +248,19 @@ def test_a_kernel_without_initrd_support_is_refused_by_name(tmp_path):
     from types import SimpleNamespace
 
     from vmprobe.errors import ConfigError
-    from vmprobe.guest.rootfs import refuse_without_initrd
-    no_initrd = SimpleNamespace(release="2.6.11", kconfig={"CONFIG_KPROBES": "y"})
-    with pytest.raises(ConfigError, match=r"2\.6\.11 has no initrd support \(CONFIG_BLK_DEV_INITRD"):
+    from vmprobe.guest.rootfs import embeds_guest, refuse_without_initrd
+    no_initrd = SimpleNamespace(release="2.6.11", spec="local:/src/linux-2.6.11/arch/x86_64/boot/bzImage",
+                                kconfig={"CONFIG_KPROBES": "y"})
+    with pytest.raises(ConfigError, match=r"2\.6\.11 has no initrd support \(CONFIG_BLK_DEV_INITRD") as err:
         refuse_without_initrd(no_initrd)
+    # the way out is named, with the kernel's own spec
+    assert (f"vmprobe rootfs export --kernel {no_initrd.spec} -o guest.cpio" in err.value.message
+            and "CONFIG_INITRAMFS_SOURCE=guest.cpio" in err.value.message)
+    assert not embeds_guest(no_initrd)
     for config in ({"CONFIG_BLK_DEV_INITRD": "y"}, {"CONFIG_INITRAMFS_SOURCE": "/x/guest.cpio"}, {}):
         refuse_without_initrd(SimpleNamespace(release="r", kconfig=config))   # allowed (or unknown)
+    # built in where no initrd can come: the guest's secrets then come over the control port
+    assert embeds_guest(SimpleNamespace(kconfig={"CONFIG_INITRAMFS_SOURCE": "/x/guest.cpio"}))
+    assert not embeds_guest(SimpleNamespace(kconfig={"CONFIG_BLK_DEV_INITRD": "y",
+                                                     "CONFIG_INITRAMFS_SOURCE": "/x/guest.cpio"}))
+    assert not embeds_guest(SimpleNamespace(kconfig={}))

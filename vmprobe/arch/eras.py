@@ -120,8 +120,8 @@ _CAUSES: tuple[tuple[str, str], ...] = (
      "an old kernel on an AMD-vendor CPU model (QEMU's e820 hole near 1 TiB): boot it with "
      "-cpu qemu64,vendor=GenuineIntel (vmprobe does for kernels before 3.0 whose version it can read)"),
     (r"FATAL: kernel too old",
-     "the guest's userland (glibc-static busybox) refuses kernels older than 3.2: an old kernel "
-     "needs a musl- or klibc-built userland"),
+     "the guest's userland (glibc-static busybox) refuses kernels older than 3.2: boot it with "
+     "--userland old (busybox built with musl; chosen by itself when the kernel's version reads < 3.2)"),
     (r"Unable to mount root fs|No init found|No working init found|Failed to execute /init",
      "the kernel did not get vmprobe's initramfs: without CONFIG_BLK_DEV_INITRD it ignores -initrd "
      "(build the guest into the image: vmprobe rootfs export, CONFIG_INITRAMFS_SOURCE)"),

@@ -156,7 +156,7 @@ def _base_inputs(kernel: Kernel, userland: str, log=None) -> tuple[list[tuple[st
         for lib in ldd_closure(host):
             files.append((str(lib), lib))
     modules = required_modules(kernel.modules_path, _wanted_modules())
-    return files, modules
+    return list(dict(files).items()), modules   # a library two programs need goes in once
 
 
 def build_base(kernel: Kernel, userland: str = "auto", *, refuse: bool = True, log=None) -> BaseImage:
