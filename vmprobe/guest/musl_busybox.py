@@ -17,8 +17,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
+from vmprobe.arch import profile_for
 from vmprobe.config import cache_dir, settings
 from vmprobe.errors import ConfigError, FetchError
 from vmprobe.formats.elf import glibc_problem
@@ -55,15 +57,73 @@ def _host_suite():
     return catalog.suites[parse_spec(DEFAULT_SPEC, catalog).suite]
 
 
-def _musl_libc() -> Path:
-    gcc = shutil.which("musl-gcc")
-    if not gcc:
-        raise ConfigError(f"musl-gcc not found: the old-era guest userland is built with it; install {PACKAGES}")
-    out = subprocess.run([gcc, "-print-file-name=libc.a"], capture_output=True, text=True, timeout=30).stdout
-    path = Path(out.strip())
-    if not path.is_absolute() or not path.is_file():
-        raise ConfigError(f"musl-gcc does not find its libc.a ({out.strip() or 'no answer'}); reinstall musl-tools")
-    return path
+@dataclass(frozen=True)
+class Toolchain:
+    """How to compile for the guest's arch with musl: make's variables, and what identifies it."""
+
+    make_vars: tuple[str, ...]
+    libc: Path                    # musl's libc.a (its hash is part of the cache key)
+    key_parts: tuple[str, ...] = ()
+
+
+def toolchain(arch: str, log=None) -> Toolchain:
+    """The host's musl-gcc for the host's arch; for another arch with a cross gcc here (i386 on
+    amd64: gcc-12-i686-linux-gnu), that arch's musl-dev from Debian through the private apt
+    state, extracted, with a specs file that points the cross gcc at it (as musl-gcc does)."""
+    if arch == host_debian_arch():
+        gcc = shutil.which("musl-gcc")
+        if not gcc:
+            raise ConfigError(f"musl-gcc not found: the old-era guest userland is built with it; install {PACKAGES}")
+        out = subprocess.run([gcc, "-print-file-name=libc.a"], capture_output=True, text=True, timeout=30).stdout
+        libc = Path(out.strip())
+        if not libc.is_absolute() or not libc.is_file():
+            raise ConfigError(f"musl-gcc does not find its libc.a ({out.strip() or 'no answer'}); "
+                              f"reinstall musl-tools")
+        return Toolchain(("CC=musl-gcc",), libc)
+    profile = profile_for(arch)
+    cross = profile.cross_compile or ""
+    gcc = next((g for g in (f"{cross}gcc", f"{cross}gcc-12") if cross and shutil.which(g)), None)
+    if gcc is None:
+        raise ConfigError(f"no musl toolchain for {arch} guests here: the old-era userland is built with the "
+                          f"host's musl-gcc ({host_debian_arch()}) or a cross gcc ({cross or 'none'}gcc) with "
+                          f"{arch}'s musl-dev")
+    root = _foreign_musl(arch, log)
+    triplet = profile.multiarch.replace("-linux-gnu", "-linux-musl")   # i386-linux-gnu → i386-linux-musl
+    specs_in = root / "usr/lib" / triplet / "musl-gcc.specs"
+    if not specs_in.is_file():
+        raise ConfigError(f"{arch}'s musl-dev has no {specs_in.relative_to(root)}")
+    text = specs_in.read_text()
+    for sub in (f"/usr/lib/{triplet}", f"/usr/include/{triplet}"):
+        text = text.replace(sub, str(root) + sub)
+    specs = root / "vmprobe-musl.specs"
+    if not specs.exists() or specs.read_text() != text:
+        specs.write_text(text)
+    return Toolchain((f"CROSS_COMPILE={cross}", f"CC={gcc} -specs={specs}"), root / "usr/lib" / triplet / "libc.a",
+                     (arch, text))
+
+
+def _foreign_musl(arch: str, log=None) -> Path:
+    """musl and musl-dev of ``arch`` from the host's suite, extracted (cached per version)."""
+    from vmprobe.kernels.catalog import load_catalog
+    from vmprobe.kernels.debian import DebianProvider
+    apt = DebianProvider(load_catalog()).apt(_host_suite(), arch)
+    apt.update(settings().apt_refresh_hours)
+    stanzas = [apt.show(name)[:1] for name in ("musl-dev", "musl")]
+    if not all(stanzas):
+        raise FetchError(f"musl-dev for {arch} is not in the archive ({', '.join(s for _, s in apt.sources)})")
+    pins = [f"{st[0]['Package']}={st[0]['Version']}" for st in stanzas]
+    entry = cache_dir("userland") / f"musl-{arch}-{cache.digest(*pins)[:12]}"
+    if not (entry / "root").is_dir():
+        with cache.locked(entry):
+            if not (entry / "root").is_dir():
+                if log:
+                    log(f"vmprobe: fetching {', '.join(pins)} ({arch}) for the old-era guest userland")
+                with cache.staging(entry) as tmp:
+                    apt.download(pins, tmp)
+                    for deb in tmp.glob("*.deb"):
+                        subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp / "root")], check=True, timeout=120)
+                        deb.unlink()
+    return entry / "root"
 
 
 def configure(text: str, headers: Path) -> str:
@@ -88,14 +148,15 @@ def uapi_headers(dest: Path, multiarch: str = "x86_64-linux-gnu") -> Path:
     return dest
 
 
-def busybox(log=None) -> Path:
-    """The musl busybox (built and cached if missing), checked to be free of glibc."""
+def busybox(arch: str | None = None, log=None) -> Path:
+    """The musl busybox for ``arch`` (default: the host's), built and cached if missing, checked
+    to be free of glibc."""
     from vmprobe.kernels.debian import DebianProvider
 
     if not shutil.which("dpkg-source"):
         raise ConfigError(f"dpkg-source not found: the old-era guest userland is built from Debian's "
                           f"busybox source package; install {PACKAGES}")
-    libc = _musl_libc()
+    tools = toolchain(arch or host_debian_arch(), log)
     suite = _host_suite()
     from vmprobe.kernels.catalog import load_catalog
     apt = DebianProvider(load_catalog()).apt(suite, host_debian_arch(), kind="deb-src")
@@ -104,7 +165,8 @@ def busybox(log=None) -> Path:
     if not stanzas:
         raise FetchError(f"the busybox source package is not in {suite.name}'s deb-src index")
     version = stanzas[0]["Version"]
-    key = cache.digest("musl-busybox-v1", version, cache.sha256_file(libc), repr(sorted(MUSL_CONFIG.items())))
+    key = cache.digest("musl-busybox-v1", version, cache.sha256_file(tools.libc), repr(sorted(MUSL_CONFIG.items())),
+                       *tools.key_parts)
     entry = cache_dir("userland") / f"musl-busybox-{version.replace(':', '_')}-{key[:12]}"
     target = entry / "busybox"
     if not target.exists():
@@ -114,7 +176,7 @@ def busybox(log=None) -> Path:
                     log(f"vmprobe: building the old-era guest userland: busybox {version} ({suite.name}) "
                         f"with musl (once; a few minutes under TCG load)")
                 with cache.staging(entry) as tmp:
-                    _build(apt, version, tmp)
+                    _build(apt, version, tmp, tools)
     problem = glibc_problem(target.read_bytes())
     if problem:
         raise ConfigError(f"the old-era busybox {target} would not run on an old kernel: {problem}")
@@ -140,13 +202,14 @@ def _step(cmd: list[str], what: str, cwd: Path, log_file: Path, timeout: float =
             proc = subprocess.run(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout,
                                   stdin=subprocess.DEVNULL, **kw)
         except subprocess.TimeoutExpired:
-            raise ConfigError(f"{what} did not finish within {timeout:.0f}s (log: {log_file})") from None
+            raise ConfigError(f"{what} did not finish within {timeout:.0f}s",
+                              detail=log_file.read_text(errors="replace")[-3000:]) from None
     if proc.returncode != 0:
         tail = log_file.read_text(errors="replace")[-3000:]
         raise ConfigError(f"{what} failed (exit {proc.returncode})", detail=tail)
 
 
-def _build(apt, version: str, tmp: Path) -> None:
+def _build(apt, version: str, tmp: Path, tools: Toolchain) -> None:
     dl, log_file = tmp / "dl", tmp / "build.log"
     dl.mkdir()
     apt.run("apt-get", "source", "--download-only", f"busybox={version}", cwd=dl)
@@ -160,8 +223,8 @@ def _build(apt, version: str, tmp: Path) -> None:
     headers = uapi_headers(tmp / "uapi")
     (src / ".config").write_text(configure((src / "debian/config/pkg/static").read_text(), headers))
     env = dict(os.environ, LC_ALL="C")
-    make = ["make", "CC=musl-gcc", "HOSTCC=gcc"]
-    _step(["sh", "-c", "yes '' | " + " ".join(make) + " oldconfig"], "configuring busybox for musl", src,
+    make = ["make", *tools.make_vars, "HOSTCC=gcc"]
+    _step(["sh", "-c", "yes '' | \"$@\" oldconfig", "sh", *make], "configuring busybox for musl", src,
           log_file, env=env)
     with progress.status("building busybox with musl (the old-era guest userland)"):
         _step([*make, f"-j{os.cpu_count() or 1}", "busybox"], "building busybox with musl-gcc", src, log_file,

@@ -142,12 +142,8 @@ class BaseImage:
 
 def _base_inputs(kernel: Kernel, userland: str, log=None) -> tuple[list[tuple[str, Path]], list[tuple[str, bytes]]]:
     files: list[tuple[str, Path]] = []
-    if userland == "old":
-        if kernel.arch != host_debian_arch():
-            raise ConfigError(f"{kernel.release} ({kernel.arch}) needs the old-era guest userland (a kernel "
-                              f"before 3.2), which is built for this host's architecture "
-                              f"({host_debian_arch()}) only")
-        files = [("/bin/busybox", musl_busybox.busybox(log=log))]
+    if userland == "old":   # built for the guest's arch (a cross gcc for a foreign one)
+        files = [("/bin/busybox", musl_busybox.busybox(kernel.arch, log=log))]
     elif kernel.arch != host_debian_arch():  # the guest's own programs, from its arch's packages
         files = guest_userland.foreign_programs(kernel)
     for name, (guest_path, _) in GUEST_PROGRAMS.items() if not files else ():
