@@ -58,7 +58,7 @@ def test_export_is_the_booted_guest_without_secrets(kernel, vmprobe_cli, tmp_pat
 def test_exported_guest_boots_with_secrets_over_the_control_port(kernel, accel, vmprobe_cli, tmp_path, no_leaks):
     image = tmp_path / "guest.cpio"
     _export(vmprobe_cli, kernel, image, "modern")
-    with Machine(kernel, accel=accel, guest_image=image, transport="ssh") as m:
+    with Machine(kernel, accel=accel, guest_image=image, transport="ssh", boot_timeout=300) as m:
         assert ["-initrd", str(image)] == m.command_line[m.command_line.index("-initrd"):][:2]
         assert "vmprobe.warm=ttyS1" in m.command_line[m.command_line.index("-append") + 1]
         assert re.search(r"VMPROBE-SNAPSHOT-POINT$", m.console.text, re.M)
@@ -86,7 +86,7 @@ def test_old_userland_is_static_musl_and_passes_the_probe_check(kernel, accel, v
                                if p.startswith("bin/") and stat.S_ISLNK(mode) and body == b"busybox"}
     assert applets(old) == applets(modern)
 
-    with Machine(kernel, accel=accel, warm=True, userland="old") as m:   # transport auto
+    with Machine(kernel, accel=accel, warm=True, userland="old", boot_timeout=300) as m:   # transport auto
         assert m.ssh.name == "serial" and m.ssh.ssh_available is False
         assert "vmprobe-init: no SSH server in this guest" in m.console.text
         r = m.run("uname -r; busybox | head -1; ls /bin/dropbear", 30)
