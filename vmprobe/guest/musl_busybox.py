@@ -212,7 +212,7 @@ def _step(cmd: list[str], what: str, cwd: Path, log_file: Path, timeout: float =
 def _build(apt, version: str, tmp: Path, tools: Toolchain) -> None:
     dl, log_file = tmp / "dl", tmp / "build.log"
     dl.mkdir()
-    apt.run("apt-get", "source", "--download-only", f"busybox={version}", cwd=dl)
+    apt.source(f"busybox={version}", dl)
     dsc = next(dl.glob("busybox_*.dsc"), None)
     if dsc is None:
         raise FetchError(f"apt did not deliver the busybox {version} source package")
