@@ -11,6 +11,7 @@ PACKAGES=(
   qemu-system-arm gdb-multiarch                    # arm64 guests (qemu-system-aarch64), foreign-arch gdb
   gcc-12-aarch64-linux-gnu gcc-12-i686-linux-gnu   # module builds for arm64 and i386 guests
   busybox-static dropbear-bin openssh-sftp-server  # the guest's userland and SSH/SFTP server
+  musl-tools dpkg-dev linux-libc-dev                # the old-era guest userland: Debian's busybox source built with musl
   gcc-12 make libelf-dev bc flex bison             # out-of-tree kprobe module builds
   cpio kmod xz-utils zstd                          # inspecting initramfs and modules
   debootstrap                                      # build chroots for kernels newer than the host (trixie, sid)

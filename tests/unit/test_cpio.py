@@ -5,11 +5,12 @@ import gzip
 import os
 import re
 import shutil
+import stat
 import subprocess
 
 import pytest
 
-from vmprobe.formats.cpio import NewcArchive
+from vmprobe.formats.cpio import NewcArchive, read_newc
 
 pytestmark = pytest.mark.skipif(not shutil.which("cpio"), reason="cpio not installed")
 
@@ -145,3 +146,24 @@ def test_concatenated_archives_both_list():
     assert list(cpio_list(both)) == ["one"]
     assert both.count(b"TRAILER!!!") == 2
     assert both.index(b"two") > both.index(b"TRAILER!!!")
+
+
+def test_reader_agrees_with_the_cpio_tool(raw):
+    entries = read_newc(raw)
+    listed = cpio_list(raw)
+    assert list(entries) == list(listed)
+    assert entries["bin/busybox"] == (stat.S_IFREG | 0o755, BLOB)
+    assert entries["sbin"] == (stat.S_IFLNK | 0o777, b"/bin")
+    assert entries["dev/null"] == (stat.S_IFCHR | 0o666, b"1:3")
+    assert stat.S_ISDIR(entries["root/.ssh"][0]) and entries["root/.ssh"][0] & 0o777 == 0o700
+
+
+@pytest.mark.parametrize("damage, error", [
+    (lambda r: b"070707" + r[6:], "no newc header at offset 0"),
+    (lambda r: r[:r.rindex(b"070701")], "no TRAILER"),
+    (lambda r: r[:len(r) // 2], "cut short|no newc header|broken name"),
+    (lambda r: r[:6] + b"zzzzzzzz" + r[14:], "not hex"),
+])
+def test_reader_refuses_damaged_archives(raw, damage, error):
+    with pytest.raises(ValueError, match=error):
+        read_newc(damage(raw))

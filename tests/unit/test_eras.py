@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from vmprobe.arch import PROFILES
-from vmprobe.arch.eras import QUIRKS, boot_settings, diagnose_boot, kernel_version
-from vmprobe.errors import BootTimeout
+from vmprobe.arch.eras import QUIRKS, USERLANDS, boot_settings, diagnose_boot, guest_userland, kernel_version
+from vmprobe.errors import BootTimeout, ConfigError
 from vmprobe.vm.console import Console
 from vmprobe.vm.qemu_command import QemuInputs, qemu_command
 
@@ -40,7 +40,8 @@ def test_2_6_11_gets_every_measured_quirk():
 
 @pytest.mark.parametrize("release, nic, nopti, quirks", [
     ("2.6.24", "virtio-net-pci", False, {"intel-vendor-cpu", "panic-reboots-after-1s", "no-nopti",
-                                         "earlyprintk"}),
+                                         "earlyprintk", "musl-userland"}),
+    ("3.1.10", "virtio-net-pci", False, {"no-nopti", "musl-userland"}),
     ("3.16.0", "virtio-net-pci", False, {"no-nopti"}),
     ("4.4.0", "virtio-net-pci", True, set()),
     ("6.1.0-57-cloud-amd64", "virtio-net-pci", True, set()),
@@ -125,3 +126,35 @@ def test_a_boot_timeout_shows_the_tail_and_the_cause(tmp_path):
     with pytest.raises(BootTimeout) as info:
         Console(log, diagnose=lambda t: diagnose_boot(t, AMD64, "6.1.0")).expect("X", 0.05, what="x")
     assert "console stayed empty" in str(info.value) and info.value.detail == "(the console is empty)"
+
+
+# -- the guest userland by era ---------------------------------------------------------
+
+@pytest.mark.parametrize("profile, release, userland", [
+    (AMD64, "2.6.11", "old"), (AMD64, "2.6.8.1", "old"), (I386, "2.6.8", "old"),
+    (AMD64, "3.1.10", "old"),            # glibc's floor is 3.2: just below it
+    (AMD64, "3.2", "modern"), (AMD64, "3.2.0-4-amd64", "modern"), (I386, "6.1.0-50-686", "modern"),
+    (AMD64, "6.1.0-57-cloud-amd64", "modern"), (ARM64, "6.12.48+deb13-arm64", "modern"),
+    (AMD64, "", "modern"), (AMD64, "local", "modern"),   # a version that cannot be read: the default
+])
+def test_userland_follows_the_era_table(profile, release, userland):
+    assert guest_userland(profile, release) == userland
+    assert boot_settings(profile, release).userland == userland
+
+
+def test_userland_row_is_in_the_table_with_its_reason():
+    rows = [q for q in QUIRKS if q.userland]
+    assert [(q.name, q.userland, q.until) for q in rows] == [("musl-userland", "old", (3, 2))]
+    assert "kernel too old" in rows[0].why and set(rows[0].arches) == {"x86_64", "i386"}
+    assert all(q.userland in USERLANDS for q in rows)
+
+
+@pytest.mark.parametrize("requested", USERLANDS)
+def test_a_forced_userland_wins_over_the_era(requested):
+    for release in ("2.6.11", "6.1.0-57-cloud-amd64", ""):
+        assert guest_userland(AMD64, release, requested) == requested
+
+
+def test_an_unknown_userland_is_refused():
+    with pytest.raises(ConfigError, match="unknown guest userland 'glibc'.*auto, modern, old"):
+        guest_userland(AMD64, "6.1.0", "glibc")

@@ -248,9 +248,51 @@ def test_a_kernel_without_initrd_support_is_refused_by_name(tmp_path):
     from types import SimpleNamespace
 
     from vmprobe.errors import ConfigError
-    from vmprobe.guest.rootfs import refuse_without_initrd
-    no_initrd = SimpleNamespace(release="2.6.11", kconfig={"CONFIG_KPROBES": "y"})
-    with pytest.raises(ConfigError, match=r"2\.6\.11 has no initrd support \(CONFIG_BLK_DEV_INITRD"):
+    from vmprobe.guest.rootfs import embeds_guest, refuse_without_initrd
+    no_initrd = SimpleNamespace(release="2.6.11", spec="local:/src/linux-2.6.11/arch/x86_64/boot/bzImage",
+                                kconfig={"CONFIG_KPROBES": "y"})
+    with pytest.raises(ConfigError, match=r"2\.6\.11 has no initrd support \(CONFIG_BLK_DEV_INITRD") as err:
         refuse_without_initrd(no_initrd)
+    # the way out is named, with the kernel's own spec
+    assert (f"vmprobe rootfs export --kernel {no_initrd.spec} -o guest.cpio" in err.value.message
+            and "CONFIG_INITRAMFS_SOURCE=guest.cpio" in err.value.message)
+    assert not embeds_guest(no_initrd)
     for config in ({"CONFIG_BLK_DEV_INITRD": "y"}, {"CONFIG_INITRAMFS_SOURCE": "/x/guest.cpio"}, {}):
         refuse_without_initrd(SimpleNamespace(release="r", kconfig=config))   # allowed (or unknown)
+    # built in where no initrd can come: the guest's secrets then come over the control port
+    assert embeds_guest(SimpleNamespace(kconfig={"CONFIG_INITRAMFS_SOURCE": "/x/guest.cpio"}))
+    assert not embeds_guest(SimpleNamespace(kconfig={"CONFIG_BLK_DEV_INITRD": "y",
+                                                     "CONFIG_INITRAMFS_SOURCE": "/x/guest.cpio"}))
+    assert not embeds_guest(SimpleNamespace(kconfig={}))
+
+
+def test_export_writes_the_guest_even_for_a_kernel_without_initrd_support(tmp_path, monkeypatch):
+    """The way out of the refusal: export does not refuse; the archive is the base image, no secrets."""
+    import stat as st
+    from types import SimpleNamespace
+
+    from vmprobe.errors import ConfigError
+    from vmprobe.formats.cpio import read_newc
+    from vmprobe.guest import rootfs
+    from vmprobe.kernels.apt import host_debian_arch
+
+    monkeypatch.setenv("VMPROBE_CACHE", str(tmp_path / "cache"))
+    program = tmp_path / "busybox"
+    program.write_bytes(b"\x7fELF stand-in")
+    asked = []
+    monkeypatch.setattr(rootfs, "_base_inputs",
+                        lambda kernel, userland, log=None: asked.append(userland) or ([("/bin/busybox", program)], []))
+    kernel = SimpleNamespace(arch=host_debian_arch(), release="2.6.11", spec="local:/src/bzImage",
+                             image_sha256="0" * 64, kconfig={"CONFIG_KPROBES": "y"})
+    with pytest.raises(ConfigError, match="vmprobe rootfs export"):
+        rootfs.build_base(kernel)
+    plain, packed = tmp_path / "guest.cpio", tmp_path / "guest.cpio.gz"
+    base = rootfs.export(kernel, plain)
+    rootfs.export(kernel, packed)
+    assert asked == ["old", "old"] and base.userland == "old"   # 2.6.11: the era table's userland
+    assert plain.read_bytes() == gzip.decompress(packed.read_bytes()) == gzip.decompress(base.path.read_bytes())
+    entries = read_newc(plain.read_bytes())
+    assert entries["bin/busybox"][1] == program.read_bytes() and "init" in entries and "bin/vmprobe-agent" in entries
+    assert st.S_ISCHR(entries["dev/ttyS1"][0]) and entries["dev/ttyS1"][1] == b"4:65"   # no devtmpfs before 2.6.32
+    assert not [p for p in entries if p.startswith(("root/.ssh/", "etc/dropbear/"))]
+    assert rootfs.export(kernel, tmp_path / "modern.cpio", "modern").userland == "modern" and asked[-1] == "modern"

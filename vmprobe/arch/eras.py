@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 
 from vmprobe.arch.profiles import ArchProfile
+from vmprobe.errors import ConfigError
 
 X86 = ("x86_64", "i386")
 
@@ -28,6 +29,7 @@ class Quirk:
     drop_append: tuple[str, ...] = ()         # profile extras the kernel does not know
     append: tuple[str, ...] = ()              # more kernel arguments
     nic: str | None = None                    # replaces virtio-net-pci
+    userland: str | None = None               # the guest's userland (USERLANDS), instead of "modern"
 
     def applies(self, profile: ArchProfile, version: tuple[int, ...] | None) -> bool:
         if profile.name not in self.arches or version is None:
@@ -49,7 +51,16 @@ QUIRKS: tuple[Quirk, ...] = (
           why="virtio-net arrived in 2.6.24; e1000 is the NIC old kernels have a driver for"),
     Quirk("earlyprintk", until=(3, 0), append=("earlyprintk=serial,ttyS0,115200",),
           why="an early failure of an old kernel is otherwise silent: the console driver comes up late"),
+    Quirk("musl-userland", until=(3, 2), userland="old",
+          why="glibc's static start-up (Debian's busybox-static) refuses kernels before 3.2 with 'FATAL: "
+              "kernel too old': the guest gets busybox built with musl, and commands go over the serial "
+              "agent (dropbear is glibc-linked)"),
 )
+
+#: the guest userlands (guest/rootfs.py builds them): "modern" is Debian's glibc-static
+#: busybox-static with dropbear for SSH; "old" is Debian's busybox source built statically
+#: with musl (guest/musl_busybox.py), no SSH server: the serial transport
+USERLANDS = ("modern", "old")
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,7 @@ class BootSettings:
     panic: str = "-1"
     append: tuple[str, ...] = ()     # the profile's extras, then the quirks'
     nic: str = "virtio-net-pci"
+    userland: str = "modern"
     quirks: tuple[str, ...] = field(default=())   # names of the rows applied
 
 
@@ -73,7 +85,7 @@ def kernel_version(release: str) -> tuple[int, ...] | None:
 
 def boot_settings(profile: ArchProfile, release: str) -> BootSettings:
     version = kernel_version(release)
-    cpu, panic, nic = profile.cpu_tcg, "-1", "virtio-net-pci"
+    cpu, panic, nic, userland = profile.cpu_tcg, "-1", "virtio-net-pci", "modern"
     drop: set[str] = set()
     extra: list[str] = []
     applied = []
@@ -84,10 +96,22 @@ def boot_settings(profile: ArchProfile, release: str) -> BootSettings:
         cpu = q.cpu_tcg or cpu
         panic = q.panic or panic
         nic = q.nic or nic
+        userland = q.userland or userland
         drop.update(q.drop_append)
         extra.extend(q.append)
     append = tuple(a for a in profile.append if a not in drop) + tuple(extra)
-    return BootSettings(cpu_tcg=cpu, panic=panic, append=append, nic=nic, quirks=tuple(applied))
+    return BootSettings(cpu_tcg=cpu, panic=panic, append=append, nic=nic, userland=userland,
+                        quirks=tuple(applied))
+
+
+def guest_userland(profile: ArchProfile, release: str, requested: str = "auto") -> str:
+    """The userland a guest of this kernel gets: ``requested`` unless it is ``auto``, else what
+    the era table says (a release whose version cannot be read gets the modern one)."""
+    if requested == "auto":
+        return boot_settings(profile, release).userland
+    if requested not in USERLANDS:
+        raise ConfigError(f"unknown guest userland {requested!r} (choose from auto, {', '.join(USERLANDS)})")
+    return requested
 
 
 # what a console that stopped says → the likely cause (first match wins)
@@ -96,8 +120,8 @@ _CAUSES: tuple[tuple[str, str], ...] = (
      "an old kernel on an AMD-vendor CPU model (QEMU's e820 hole near 1 TiB): boot it with "
      "-cpu qemu64,vendor=GenuineIntel (vmprobe does for kernels before 3.0 whose version it can read)"),
     (r"FATAL: kernel too old",
-     "the guest's userland (glibc-static busybox) refuses kernels older than 3.2: an old kernel "
-     "needs a musl- or klibc-built userland"),
+     "the guest's userland (glibc-static busybox) refuses kernels older than 3.2: boot it with "
+     "--userland old (busybox built with musl; chosen by itself when the kernel's version reads < 3.2)"),
     (r"Unable to mount root fs|No init found|No working init found|Failed to execute /init",
      "the kernel did not get vmprobe's initramfs: without CONFIG_BLK_DEV_INITRD it ignores -initrd "
      "(build the guest into the image: vmprobe rootfs export, CONFIG_INITRAMFS_SOURCE)"),

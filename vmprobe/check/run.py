@@ -122,7 +122,9 @@ def _machine_block(machine: Machine) -> dict:
     return {"accel": machine.accel, "requested_accel": machine.requested_accel,
             "smp": machine.smp, "memory": machine.memory,
             "append": list(machine.extra_append), "boot_timeout": machine.boot_timeout,
-            "warm": getattr(machine, "warm", None)}   # restored from a saved state
+            "warm": getattr(machine, "warm", None),   # restored from a saved state
+            "userland": getattr(machine, "userland", "auto"),   # as asked (auto: by the era table)
+            "transport": getattr(getattr(machine, "ssh", None), "name", None)}   # what commands went over
 
 
 def scenario_repro(machine: Machine, name: str) -> dict:

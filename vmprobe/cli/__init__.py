@@ -14,6 +14,7 @@ from vmprobe.cli.commands import (
     cmd_matrix,
     cmd_probe,
     cmd_repro,
+    cmd_rootfs,
     cmd_shell,
 )
 from vmprobe.cli.parser import build_parser
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
             args = None if extra else args
     args = args or build_parser().parse_args(argv)
     handler = {"kernels": cmd_kernels, "exec": cmd_exec, "shell": cmd_shell, "probe": cmd_probe,
-               "matrix": cmd_matrix, "doctor": cmd_doctor, "gdb": cmd_gdb, "repro": cmd_repro,
+               "matrix": cmd_matrix, "doctor": cmd_doctor, "gdb": cmd_gdb, "repro": cmd_repro, "rootfs": cmd_rootfs,
                "up": lambda a: live_commands.up(a, _log), "down": lambda a: live_commands.down(a, _log),
                "ls": lambda a: live_commands.ls(a, _log)}
     try:

@@ -26,7 +26,8 @@ def _machine(args, kernel) -> Machine:
     smp = args.smp or default_smp(getattr(args, "scenario", None))
     return Machine(kernel, accel=args.accel, smp=smp, memory=args.memory,
                    boot_timeout=args.boot_timeout, append=tuple(args.append), warm=not args.cold,
-                   transport=getattr(args, "transport", "auto"), log=_log)
+                   transport=getattr(args, "transport", "auto"), userland=getattr(args, "userland", "auto"),
+                   log=_log)
 
 def _kernel_and_machine(args):
     from vmprobe.kernels import get_kernel
@@ -60,6 +61,16 @@ def cmd_kernels(args) -> int:
         return cmd_build(args, _log)
     kernel = get_kernel(args.spec, refresh=args.refresh, log=_log)
     print(f"{kernel.spec} {kernel.release} {kernel.version} {kernel.arch} -> {kernel.root}")
+    return 0
+
+def cmd_rootfs(args) -> int:
+    from vmprobe.guest import rootfs
+    from vmprobe.kernels import get_kernel
+    kernel = get_kernel(args.kernel, log=_log)
+    base = rootfs.export(kernel, args.output, args.userland, log=_log)
+    print(f"{args.output}: the {base.userland} guest for {kernel.release} ({args.output.stat().st_size} bytes, "
+          f"no secrets). Build it in with CONFIG_INITRAMFS_SOURCE={args.output.resolve()}; vmprobe then "
+          f"sends each run's keys over the control port.")
     return 0
 
 def cmd_exec(args) -> int:

@@ -21,6 +21,7 @@ ACCEL_CHOICES = ("auto", "kvm", "tcg")   # vmprobe.vm.accel.CHOICES (tests/unit/
 
 AFTER_ENTRY = "after-entry"              # vmprobe.check.probe.AFTER_ENTRY (likewise)
 TRANSPORTS = ("auto", "ssh", "serial")   # vmprobe.vm.transport.TRANSPORTS (likewise)
+USERLANDS = ("auto", "modern", "old")    # "auto" + vmprobe.arch.eras.USERLANDS (likewise)
 
 def _offset(text: str) -> int | str:
     if text == AFTER_ENTRY:
@@ -57,7 +58,15 @@ def _machine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--transport", choices=TRANSPORTS, default=os.environ.get("VMPROBE_TRANSPORT", "auto"),
                    help="how commands reach the guest: ssh, serial (the serial agent on a second port: "
                         "no network needed), or auto: SSH when the guest runs it (default)")
+    _userland_arg(p)
     _cold_arg(p)
+
+def _userland_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--userland", choices=USERLANDS, default=os.environ.get("VMPROBE_USERLAND", "auto"),
+                   help="the guest's programs: modern (Debian's busybox-static and dropbear), old (Debian's "
+                        "busybox built with musl, for kernels before 3.2 that glibc refuses; no SSH: "
+                        "commands go over the serial agent), or auto: by the kernel's version "
+                        "(default $VMPROBE_USERLAND, else auto)")
 
 def _cold_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cold", action="store_true", default=bool(os.environ.get("VMPROBE_COLD")),
@@ -100,6 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
     dry_run_arg(sh)
 
     add_up_down_ls(sub, _machine_args)
+
+    rf = sub.add_parser("rootfs", help="the guest image vmprobe boots")
+    rsub = rf.add_subparsers(dest="rootfs_command", required=True)
+    rx = rsub.add_parser("export", help="write the guest for a kernel, to build into it (CONFIG_INITRAMFS_SOURCE)",
+                         description="Writes the initramfs vmprobe would boot for the kernel, as a newc "
+                                     "cpio archive (gzipped if FILE ends in .gz), for a kernel without "
+                                     "initrd support: build it in with CONFIG_INITRAMFS_SOURCE=FILE. It "
+                                     "holds no per-run secret: the guest waits on its control port "
+                                     "(ttyS1) for the run's keys and nonce.")
+    rx.add_argument("--kernel", "-k", default=DEFAULT_SPEC, help="kernel spec (its modules and version)")
+    rx.add_argument("--output", "-o", type=Path, required=True, metavar="FILE.cpio", help="where to write it")
+    _userland_arg(rx)
 
     pr = sub.add_parser("probe", help="arm a kprobe in a VM and verify it end to end")
     _machine_args(pr)

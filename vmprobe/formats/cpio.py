@@ -65,3 +65,34 @@ class NewcArchive:
         """The archive with its trailer, gzip-compressed (mtime 0: reproducible)."""
         self._entry("TRAILER!!!", 0)
         return gzip.compress(self._buf.getvalue(), compresslevel=6, mtime=0)
+
+
+def read_newc(data: bytes) -> dict[str, tuple[int, bytes]]:
+    """path → (mode, contents) of a newc archive (checked strictly: magic, padding, the
+    trailer); a symlink's contents are its target, a device's its ``major:minor``."""
+    entries: dict[str, tuple[int, bytes]] = {}
+    off = 0
+    while True:
+        if data[off:off + 6] != b"070701":
+            raise ValueError(f"no newc header at offset {off} (magic {data[off:off + 6]!r})")
+        try:
+            fields = [int(data[off + 6 + 8 * i:off + 14 + 8 * i], 16) for i in range(13)]
+        except ValueError:
+            raise ValueError(f"a newc header at offset {off} has a field that is not hex") from None
+        mode, size, rdev, namesize = fields[1], fields[6], (fields[9], fields[10]), fields[11]
+        name_end = off + 110 + namesize
+        if namesize < 1 or data[name_end - 1:name_end] != b"\0" or name_end > len(data):
+            raise ValueError(f"the newc entry at offset {off} has a broken name")
+        name = data[off + 110:name_end - 1].decode()
+        start = name_end + (-name_end % 4)
+        body = data[start:start + size]
+        if len(body) != size:
+            raise ValueError(f"{name} is cut short ({len(body)} of {size} bytes)")
+        if name == "TRAILER!!!":
+            return entries
+        if name in entries:
+            raise ValueError(f"{name} appears twice in the archive")
+        entries[name] = (mode, f"{rdev[0]}:{rdev[1]}".encode() if stat.S_ISCHR(mode) else body)
+        off = start + size + (-(start + size) % 4)
+        if off >= len(data):
+            raise ValueError("the archive has no TRAILER!!! entry")

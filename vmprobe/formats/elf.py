@@ -153,3 +153,28 @@ def strings(data: bytes, prefix: str = ".rodata") -> list[str]:
                 if 2 <= len(item) <= 128 and all(32 <= c < 127 for c in item):
                     found.append(item.decode())
     return found
+
+
+def glibc_problem(data: bytes) -> str | None:
+    """Why a program would not run on a kernel older than 3.2 (glibc's floor: its start-up
+    code says "FATAL: kernel too old"), or None: a loader (PT_INTERP), shared libraries,
+    GLIBC_ symbol versions needed, or glibc's own strings (GLIBC_TUNABLES…) linked in statically."""
+    import io
+
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.gnuversions import GNUVerNeedSection
+
+    elf = ELFFile(io.BytesIO(data))
+    interp = [seg.get_interp_name() for seg in elf.iter_segments() if seg.header.p_type == "PT_INTERP"]
+    if interp:
+        return f"it is dynamically linked (loader {interp[0]})"
+    _, needed = dynamic(data)
+    if needed:
+        return f"it needs shared libraries ({', '.join(needed)})"
+    versions = sorted({aux.name for sec in elf.iter_sections() if isinstance(sec, GNUVerNeedSection)
+                       for _, auxes in sec.iter_versions() for aux in auxes if aux.name.startswith("GLIBC_")})
+    if versions:
+        return f"it needs glibc symbol versions ({', '.join(versions)})"
+    if b"GLIBC_" in data:
+        return "it has glibc linked in statically (GLIBC_ strings)"
+    return None

@@ -1,5 +1,10 @@
 """The guest's initramfs: busybox, an SSH server, the kernel modules it needs.
 
+Its userland comes in two kinds (``arch/eras.py`` picks one per kernel):
+"modern", Debian's busybox-static with dropbear; "old", for kernels before 3.2
+that glibc refuses, Debian's busybox built with musl (``musl_busybox``) and no
+SSH server (commands go over the serial agent).
+
 Built in two layers. The base (busybox, dropbear + its ldd closure, the sftp
 server, the init, the kernel's virtio modules in dependency order) depends only
 on its inputs and is cached by their hash. A guest of another architecture
@@ -16,10 +21,13 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmprobe.arch import profile_for
+from vmprobe.arch.eras import guest_userland as era_userland
 from vmprobe.config import ROOTFS_DIR, cache_dir
 from vmprobe.errors import ConfigError
 from vmprobe.formats.cpio import NewcArchive
 from vmprobe.formats.elf import modinfo, read_module
+from vmprobe.guest import musl_busybox
 from vmprobe.guest import userland as guest_userland
 from vmprobe.host import cache
 from vmprobe.host.interrupts import checkpoint
@@ -36,6 +44,10 @@ GUEST_PROGRAMS = {
 }
 HOST_PACKAGES = "busybox-static, dropbear-bin and openssh-sftp-server"
 GUEST_MODULE_DIR = "lib/modules/vmprobe"
+#: static device nodes (name, major, minor, mode); devtmpfs covers them where it exists
+DEV_NODES = (("console", 5, 1, 0o600), ("null", 1, 3, 0o666), ("zero", 1, 5, 0o666), ("kmsg", 1, 11, 0o644),
+             ("random", 1, 8, 0o666), ("urandom", 1, 9, 0o666), ("tty", 5, 0, 0o666),
+             ("ttyS0", 4, 64, 0o600), ("ttyS1", 4, 65, 0o600))
 
 
 def _find_program(name: str) -> Path:
@@ -125,11 +137,14 @@ def _wanted_modules() -> list[str]:
 class BaseImage:
     path: Path
     key: str
+    userland: str = "modern"
 
 
-def _base_inputs(kernel: Kernel) -> tuple[list[tuple[str, Path]], list[tuple[str, bytes]]]:
+def _base_inputs(kernel: Kernel, userland: str, log=None) -> tuple[list[tuple[str, Path]], list[tuple[str, bytes]]]:
     files: list[tuple[str, Path]] = []
-    if kernel.arch != host_debian_arch():  # the guest's own programs, from its arch's packages
+    if userland == "old":   # built for the guest's arch (a cross gcc for a foreign one)
+        files = [("/bin/busybox", musl_busybox.busybox(kernel.arch, log=log))]
+    elif kernel.arch != host_debian_arch():  # the guest's own programs, from its arch's packages
         files = guest_userland.foreign_programs(kernel)
     for name, (guest_path, _) in GUEST_PROGRAMS.items() if not files else ():
         host = _find_program(name)
@@ -137,28 +152,52 @@ def _base_inputs(kernel: Kernel) -> tuple[list[tuple[str, Path]], list[tuple[str
         for lib in ldd_closure(host):
             files.append((str(lib), lib))
     modules = required_modules(kernel.modules_path, _wanted_modules())
-    return files, modules
+    return list(dict(files).items()), modules   # a library two programs need goes in once
 
 
-def build_base(kernel: Kernel) -> BaseImage:
-    """The cached base initramfs for a kernel (built if missing)."""
-    refuse_without_initrd(kernel)
-    files, modules = _base_inputs(kernel)
+def build_base(kernel: Kernel, userland: str = "auto", *, refuse: bool = True, log=None) -> BaseImage:
+    """The cached base initramfs for a kernel (built if missing), with the userland asked for
+    (``auto``: the era table's). It holds no per-run secret (those are in ``run_layer``)."""
+    if refuse:
+        refuse_without_initrd(kernel)
+    userland = era_userland(profile_for(kernel.arch), kernel.release, userland)
+    files, modules = _base_inputs(kernel, userland, log)
     init = (ROOTFS_DIR / "init").read_bytes()
     inittab = (ROOTFS_DIR / "inittab").read_bytes()
     agent = (ROOTFS_DIR / "agent").read_bytes()
-    key = cache.digest("rootfs-v1", init, inittab, agent, kernel.release, kernel.image_sha256,
+    key = cache.digest("rootfs-v2", userland, init, inittab, agent, kernel.release, kernel.image_sha256,
                        *[f"{g}:{cache.sha256_file(h)}" for g, h in files],
                        *[f"{n}:{cache.digest(d)}" for n, d in modules])
     target = cache_dir("rootfs") / f"{key}.cpio.gz"
     if target.exists():
-        return BaseImage(target, key)
+        return BaseImage(target, key, userland)
     with cache.locked(target):
         if not target.exists():
             archive = _base_archive(files, modules, init, inittab, agent)
             with cache.staging(target, is_dir=False) as tmp:
                 tmp.write_bytes(archive)
-    return BaseImage(target, key)
+    return BaseImage(target, key, userland)
+
+
+def embeds_guest(kernel: Kernel) -> bool:
+    """A kernel that cannot take an initrd but has an initramfs built in: vmprobe's exported
+    guest (``export``), which takes its secrets over the control port."""
+    try:
+        config = kernel.kconfig or {}
+    except OSError:
+        return False
+    return config.get("CONFIG_BLK_DEV_INITRD") != "y" and bool(config.get("CONFIG_INITRAMFS_SOURCE"))
+
+
+def export(kernel: Kernel, dest: Path, userland: str = "auto", log=None) -> BaseImage:
+    """Write the guest vmprobe would boot for ``kernel`` to ``dest``, for building into the kernel
+    (CONFIG_INITRAMFS_SOURCE): a newc archive, gzipped if ``dest`` ends in .gz. It is the base
+    image: no key, no nonce; a guest booted from it waits on the control port for them."""
+    import gzip
+    base = build_base(kernel, userland, refuse=False, log=log)
+    data = base.path.read_bytes()
+    dest.write_bytes(data if dest.name.endswith(".gz") else gzip.decompress(data))
+    return base
 
 
 def refuse_without_initrd(kernel: Kernel) -> None:
@@ -171,7 +210,9 @@ def refuse_without_initrd(kernel: Kernel) -> None:
     if config and config.get("CONFIG_BLK_DEV_INITRD") != "y" and not config.get("CONFIG_INITRAMFS_SOURCE"):
         raise ConfigError(f"{kernel.release} has no initrd support (CONFIG_BLK_DEV_INITRD is not set): "
                           f"it would ignore vmprobe's guest. Rebuild it with CONFIG_BLK_DEV_INITRD=y, "
-                          f"or with vmprobe's guest built in (CONFIG_INITRAMFS_SOURCE)")
+                          f"or with vmprobe's guest built in: `vmprobe rootfs export --kernel {kernel.spec} "
+                          f"-o guest.cpio`, then CONFIG_INITRAMFS_SOURCE=guest.cpio (its secrets come over "
+                          f"the control port)")
 
 
 def _base_archive(files: list[tuple[str, Path]], modules: list[tuple[str, bytes]],
@@ -184,8 +225,8 @@ def _base_archive(files: list[tuple[str, Path]], modules: list[tuple[str, bytes]
     for link in ("sbin", "usr/bin", "usr/sbin"):
         a.symlink(link, "/bin")
     a.symlink("var/run", "/run")
-    a.chardev("dev/console", 5, 1)
-    a.chardev("dev/null", 1, 3, 0o666)
+    for name, major, minor, mode in DEV_NODES:   # kernels before devtmpfs (2.6.32) have only these
+        a.chardev(f"dev/{name}", major, minor, mode)
     for guest, host in files:
         a.file(guest, host.read_bytes(), 0o755)
     busybox = next(h for g, h in files if g == "/bin/busybox")

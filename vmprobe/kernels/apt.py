@@ -174,8 +174,9 @@ class PrivateApt:
     """An apt state of our own for one architecture and one set of suites."""
 
     def __init__(self, root: Path, arch: str, sources: list[tuple[str, str]], keyring: str,
-                 check_valid_until: bool = True, optional_suites: tuple[str, ...] = ()):
+                 check_valid_until: bool = True, optional_suites: tuple[str, ...] = (), kind: str = "deb"):
         self.root = root
+        self.kind = kind   # "deb": binary packages; "deb-src": source packages (apt-get source)
         #: suites whose index may fail to download (a mirror mid-sync) without failing
         #: the update: the others are still used, and the next run tries again
         self.optional_suites = tuple(optional_suites)
@@ -191,7 +192,7 @@ class PrivateApt:
         self.sources_list = root / "sources.list"
 
     def _sources_text(self) -> str:
-        return "".join(f"deb [signed-by={self.keyring}] {uri} {suite} main\n"
+        return "".join(f"{self.kind} [signed-by={self.keyring}] {uri} {suite} main\n"
                        for uri, suite in self.sources)
 
     def options(self) -> list[str]:
@@ -297,3 +298,9 @@ class PrivateApt:
         more = f" (+{len(names) - 1} more)" if len(names) > 1 else ""
         with progress.transfer(f"downloading {names[0] if names else ''}{more}", dest, size):
             self.run("apt-get", "download", *packages, cwd=dest)
+
+    def source(self, package: str, dest: Path) -> None:
+        """``apt-get source --download-only`` (a deb-src state): the .dsc and its files into
+        dest, each checked by apt against the hashes of the signed index."""
+        with progress.transfer(f"downloading the {package} source package", dest, None):
+            self.run("apt-get", "source", "--download-only", package, cwd=dest)

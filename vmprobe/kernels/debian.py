@@ -24,14 +24,17 @@ class DebianProvider:
         self.catalog = catalog
 
     # -- archive -------------------------------------------------------------
-    def apt(self, suite: Suite, arch: str) -> PrivateApt:
+    def apt(self, suite: Suite, arch: str, kind: str = "deb") -> PrivateApt:
+        """The private apt state for a suite's binary packages of ``arch`` (``kind="deb-src"``:
+        its source packages)."""
         m = mirrors()
         sources = [(m.debian, s) for s in suite.suites]
         if m.security:
             sources += [(m.security, s) for s in suite.security_suites]
-        return PrivateApt(cache_dir("apt", f"{suite.name}-{arch}"), arch, sources, m.keyring,
+        name = f"{suite.name}-{arch}" if kind == "deb" else f"{suite.name}-src"
+        return PrivateApt(cache_dir("apt", name), arch, sources, m.keyring,
                           check_valid_until=suite.check_valid_until,
-                          optional_suites=suite.security_suites)
+                          optional_suites=suite.security_suites, kind=kind)
 
     def _newest(self, apt: PrivateApt, package: str, version: str | None = None) -> dict:
         stanzas = apt.show(package)

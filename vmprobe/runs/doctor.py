@@ -325,6 +325,19 @@ def check_guest_userland() -> list[Check]:
             out.append(Check(name, OK, f"{_find_program(name)} (for the guest)"))
         except ConfigError as exc:
             out.append(Check(name, FAIL, exc.message, f"apt-get install {HOST_PACKAGES.replace(' and', ',')}"))
+    # kernels before 3.2 get busybox built with musl (glibc refuses them): a warning, not a failure
+    import shutil
+
+    from vmprobe.guest import musl_busybox
+    from vmprobe.kernels.apt import host_debian_arch
+    try:
+        musl_busybox.toolchain(host_debian_arch())
+        if not shutil.which("dpkg-source"):
+            raise ConfigError("dpkg-source not found (it unpacks Debian's busybox source)")
+        out.append(Check("musl-gcc", OK, "the old-era guest userland (kernels before 3.2) can be built"))
+    except ConfigError as exc:
+        out.append(Check("musl-gcc", WARN, f"{exc.message}: kernels before 3.2 cannot get a guest",
+                         f"apt-get install {musl_busybox.PACKAGES.replace(' and', '')}"))
     return out
 
 

@@ -132,6 +132,7 @@ def rerun(case: Case, *, accel: str | None = None, module: Path | None = None, l
         log("vmprobe: note: the rebuilt .ko differs from the report's (same sources, other build)")
     m = r.get("machine", {})
     extra = {"warm": m["warm"]} if m.get("warm") is not None else {}
+    extra.update({k: m[k] for k in ("userland", "transport") if m.get(k)})
     machine = Machine(kernel, accel=accel or m.get("accel") or "auto", smp=m.get("smp", 1),
                       memory=m.get("memory", "1G"), append=tuple(m.get("append", ())),
                       boot_timeout=m.get("boot_timeout", 120), log=log, **extra)

@@ -14,7 +14,6 @@ then sent this run's keys, nonce and clock over a second serial port.
 from __future__ import annotations
 
 import atexit
-import base64
 import contextlib
 import logging
 import os
@@ -68,7 +67,8 @@ class Machine:
     def __init__(self, kernel: Kernel, *, accel: str = "auto", memory: str = "1G", smp: int = 1,
                  append: tuple[str, ...] = (), boot_timeout: float = 120, ssh_timeout: float = 30,
                  qemu_args: tuple[str, ...] = (), warm: bool = False, log=None,
-                 transport: str = "auto", _snapshot_source: Path | None = None):
+                 transport: str = "auto", userland: str = "auto", guest_image: Path | None = None,
+                 _snapshot_source: Path | None = None):
         self.kernel = kernel
         self.profile: ArchProfile = profile_for(kernel.arch)
         self.requested_accel = accel
@@ -83,6 +83,9 @@ class Machine:
         self.qmp: QEMUMonitorProtocol | None = None
         self.ssh: GuestTransport | None = None   # SSH or the serial agent (vm/transport.py)
         self.transport = transport               # asked for; self.ssh.name: what it got
+        self.userland = userland                 # the guest's userland: auto (by era), modern or old
+        self.guest_image = guest_image           # an exported guest (rootfs export), booted as it is
+        self._keys_over_control = False          # a guest without secrets: they come on the control port
         self.accel: str | None = None
         self.ssh_port: int | None = None
         self.command_line: list[str] = []
@@ -90,7 +93,7 @@ class Machine:
         self._qemu_stderr: Path | None = None
         self._uploaded: dict[str, str] = {}  # guest path → sha256 of what we copied there
         # warm starts: restore from a saved state when the arch has a control port for the keys
-        self.warm = bool(warm and self.profile.control_port)
+        self.warm = bool(warm and self.profile.control_port and not guest_image)
         self._snapshot_source = _snapshot_source   # the initrd, when this machine makes a snapshot
         self._image = None                          # the snapshot (WarmImage) it was restored from
         self._incoming: Path | None = None         # that snapshot's saved state
@@ -146,8 +149,10 @@ class Machine:
                 self._stop_qemu(timeout=1)
                 discard_snapshot(self._image.directory)
                 self._restore(keys)
+        elif self.guest_image or rootfs.embeds_guest(self.kernel):
+            self._boot_keys_over_control(keys)
         else:
-            base = rootfs.build_base(self.kernel)
+            base = rootfs.build_base(self.kernel, self.userland, log=self.log)
             initrd = rootfs.assemble(base, rootfs.run_layer(keys.authorized_key, keys.host_key_file),
                                      self.workdir / "initrd.img")
             self.timings["rootfs"] = time.monotonic() - t0
@@ -159,6 +164,17 @@ class Machine:
         t2 = time.monotonic()
         self.ssh = transports.connect(self, keys, self.transport)
         self.timings["ssh"] = time.monotonic() - t2
+
+    def _boot_keys_over_control(self, keys: RunKeys) -> None:
+        """Boot a guest image that holds no secret (exported, or built into the kernel): at its
+        snapshot point it waits on the control port for this run's line, as a restored one does."""
+        if not self.profile.control_port:
+            raise QemuError(f"a guest without secrets needs a control port, which {self.profile.name} lacks")
+        self._keys_over_control = True
+        self._start(self.guest_image or rootfs.build_base(self.kernel, self.userland, log=self.log).path)
+        self.console.expect(SNAPSHOT_POINT, self.boot_timeout, what=f"the guest's snapshot point (boot of "
+                            f"{self.kernel.release} from a guest without secrets, under {self.accel})")
+        transports.control(self).sendall(keys.control_line(self.nonce))
 
     def _start(self, initrd: Path) -> None:
         """Start QEMU on a free loopback port for the SSH forward (retried if taken meanwhile)."""
@@ -218,20 +234,15 @@ class Machine:
                                    f"{what}", detail=self.qemu_stderr()) from None
         if state != "running":
             self.qmp.cmd("cont")
-        line = " ".join((self.nonce, str(int(time.time())),
-                         base64.b64encode(keys.authorized_key.encode()).decode(),
-                         base64.b64encode(keys.host_key_file).decode(), secrets.token_hex(32)))
-        self._control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._control.settimeout(10)
-        self._control.connect(str(self.control_socket))
-        self._control.sendall(line.encode() + b"\n")
+        transports.control(self).sendall(keys.control_line(self.nonce))
 
     def _qemu_command(self, initrd: Path, qmp_path: Path) -> list[str]:
         return qemu_command(QemuInputs(
             profile=self.profile, accel=self.accel, smp=self.smp, memory=self.memory,
             image=self.kernel.image_path, initrd=initrd, nonce=self.nonce, ssh_port=self.ssh_port,
             console_log=self.console_log, qmp_socket=qmp_path, gdb_socket=self.gdb_socket,
-            control_socket=self.control_socket, warm=bool(self._snapshot_source or self._incoming),
+            control_socket=self.control_socket,
+            warm=bool(self._snapshot_source or self._incoming or self._keys_over_control),
             incoming=self._incoming, extra_append=self.extra_append, qemu_args=self.qemu_args,
             release=self.kernel.release))
 

@@ -87,7 +87,7 @@ def snapshot_inputs(m: "Machine", base: rootfs.BaseImage) -> dict:
 
 def ensure_snapshot(m: "Machine") -> WarmImage:
     """The saved state for machines like ``m`` (same kernel and arguments), made if missing."""
-    base = rootfs.build_base(m.kernel)
+    base = rootfs.build_base(m.kernel, m.userland, log=m.log)
     inputs = snapshot_inputs(m, base)
     key = cache.digest(json.dumps(inputs, sort_keys=True))
     directory = cache_dir("snapshots") / key
@@ -159,7 +159,7 @@ def _make(m: "Machine", base: rootfs.BaseImage, inputs: dict, directory: Path) -
     initrd = directory / "initrd.img"
     shutil.copyfile(base.path, initrd)
     source = type(m)(m.kernel, accel=m.accel, memory=m.memory, smp=m.smp, append=m.extra_append,
-                     qemu_args=m.qemu_args, boot_timeout=m.boot_timeout, log=m.log,
+                     qemu_args=m.qemu_args, boot_timeout=m.boot_timeout, log=m.log, userland=m.userland,
                      _snapshot_source=initrd)
     with source:
         boot = source.timings["boot"]

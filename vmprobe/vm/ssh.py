@@ -51,6 +51,12 @@ class RunKeys:
         key_path.unlink()
         return cls(client, data, host_public)
 
+    def control_line(self, nonce: str) -> bytes:
+        """The line a guest waiting on its control port (rootfs/init, vmprobe.warm) gets: the run's
+        nonce, wall clock, keys and a random seed, so its image never holds a secret."""
+        return (" ".join((nonce, str(int(time.time())), base64.b64encode(self.authorized_key.encode()).decode(),
+                          base64.b64encode(self.host_key_file).decode(), secrets.token_hex(32))) + "\n").encode()
+
 
 @dataclass(frozen=True)
 class CommandResult:

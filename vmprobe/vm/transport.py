@@ -53,7 +53,7 @@ def connect(machine: "Machine", keys: RunKeys, kind: str = "auto") -> GuestTrans
     if not port:
         raise ConfigError(f"the serial transport needs a second serial port, which {machine.profile.name} "
                           f"guests do not have here ({machine.profile.machine}); use --transport ssh")
-    serial = SerialTransport(_control(machine), alive=_alive(machine), port=port)
+    serial = SerialTransport(control(machine), alive=_alive(machine), port=port)
     serial.hello(machine.ssh_timeout)
     if kind == "auto":
         if serial.ssh_available:
@@ -69,7 +69,7 @@ def _ssh(machine: "Machine", keys: RunKeys) -> GuestSsh:
     return ssh
 
 
-def _control(machine: "Machine") -> socket.socket:
+def control(machine: "Machine") -> socket.socket:
     """The machine's connection to its control port (made now on a cold machine)."""
     if machine._control is None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
