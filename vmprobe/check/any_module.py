@@ -18,17 +18,16 @@ import time
 from vmprobe.arch import SITE_WINDOW, Mechanism, agrees_with_flags
 from vmprobe.check import discovery, hits
 from vmprobe.check.discovery import Handlers
+from vmprobe.check.loading import load_once
 from vmprobe.check.refusals import RegistrationTracer, explain
 from vmprobe.errors import ModuleLoadError
 from vmprobe.formats.kprobes_list import ProbeRecord
 from vmprobe.modules.introspect import ModuleImage, read_image
-from vmprobe.modules.loader import loader_for
 from vmprobe.vm.gdb import Gdb
 
 #: bytes read from each candidate function before the module loads
 BEFORE_WINDOW = 160
 MAX_CANDIDATES = 16
-LOADER = "/tmp/vmprobe-insmod"
 _NOISE = re.compile(r"vmprobe-|loading out-of-tree module taints|module verification failed")
 
 
@@ -103,17 +102,12 @@ class AnyModule:
     # -- load and discover -----------------------------------------------------
     def _load(self) -> None:
         c, m = self.c, self.m
-        remote = f"/tmp/{c.module.path.name}"
-        m.upload(c.module.path, remote)
-        m.upload(loader_for(self.m.profile), LOADER, mode=0o755)
         before = c._list()
         tracer = RegistrationTracer(m, self.m.profile.bits // 8)
         tracer.start()
         mark = m.console.mark()
-        params = self.opt.module_params.replace("'", "'\\''")
         try:
-            res = m.run(f"{LOADER} {remote} '{params}'", 60)
-            status = _loader_status(res.output)
+            status = load_once(m, c.module.path, self.opt.module_params).errno
             registrations = tracer.read()
         finally:
             tracer.stop()
@@ -349,13 +343,6 @@ class AnyModule:
         r.probe["module"] = self.c.module.name
         r.bytes = dict(first["bytes"])
         r.hits = first["hits"]
-
-
-def _loader_status(output: str) -> int:
-    m = re.search(r"vmprobe-insmod: (?:finit_module|open)=(\d+)", output)
-    if not m:
-        raise ModuleLoadError(f"vmprobe-insmod said nothing about the load: {output.strip()[:200]!r}")
-    return int(m[1])
 
 
 def run_any_module(check) -> None:
