@@ -43,6 +43,7 @@ def test_kernel_sample(vm, kernel, samples, probe_check, name):
         assert p["handlers"].get("pre"), p
         assert any(f"<{target}> p->addr" in line for line in d["module"]["kernel_lines"])
     assert int(d["registers_at_hit"]["pc"], 16) == int(p["address"], 16)
+    assert d["registers_at_hit"]["handler_at_stop"]["same_task"] is True
     # a clean unload: rmmod passed, the probe is gone, the site's bytes are back
     checks = {c["name"]: c["ok"] for c in d["checks"]}
     assert checks["rmmod"] is True and checks["gone from kprobes/list after rmmod"] is True, checks

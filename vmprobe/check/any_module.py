@@ -24,10 +24,15 @@ from vmprobe.errors import ModuleLoadError
 from vmprobe.formats.kprobes_list import ProbeRecord
 from vmprobe.modules.introspect import ModuleImage, read_image
 from vmprobe.vm.gdb import Gdb
+from vmprobe.vm.hits import count_hits
 
 #: bytes read from each candidate function before the module loads
 BEFORE_WINDOW = 160
 MAX_CANDIDATES = 16
+#: handlers ftrace cannot trace are counted by gdb hardware breakpoints: at most this many
+#: functions, and this many stops (each costs tens of ms of guest time under TCG)
+HBREAK_MAX, HBREAK_CAP = 4, 200
+HBREAK_COUNTER = "gdb-hardware-breakpoint"
 _NOISE = re.compile(r"vmprobe-|loading out-of-tree module taints|module verification failed")
 
 
@@ -85,7 +90,7 @@ class AnyModule:
                 self._trigger_and_count(counter)
             if opt.registers:
                 with c.phase("registers"):
-                    self._registers(counter)
+                    self._registers()
         finally:
             if counter.traced:
                 counter.stop()
@@ -254,13 +259,39 @@ class AnyModule:
         return counter
 
     def _trigger_and_count(self, counter: hits.FunctionCounter) -> None:
-        r, opt = self.r, self.opt
+        r, opt, m = self.r, self.opt, self.m
         trigger = opt.trigger or self.c.DEFAULT_TRIGGER
-        res = self.m.run(trigger, 60)
+        # handlers ftrace cannot trace (e.g. __kprobes ones on 6.12) are counted by gdb instead
+        untraced = {}
+        for h in self.handlers:
+            for n in self._counted(h):
+                if n not in counter.traced and n in h.addresses and len(untraced) < HBREAK_MAX:
+                    untraced[n] = h.addresses[n]
+        by_gdb: dict[str, int] = {}
+        capped = False
+        if untraced:
+            channel = m.ssh.start(f"read -r _go; {trigger}")
+            got = count_hits(self.c.gdb, list(untraced.values()), start=lambda: channel.sendall(b"go\n"),
+                             finished=channel.exit_status_ready, cap=max(opt.min_hits, HBREAK_CAP))
+            res = m.ssh.wait(channel, trigger, 60)
+            by_gdb = {n: got.counts[a] for n, a in untraced.items()}
+            capped = got.capped
+            r.module["hit_counts_by_gdb"] = {"per_function": by_gdb, "capped_at": HBREAK_CAP if capped else None,
+                                             "seconds": round(got.seconds, 3)}
+        else:
+            res = m.run(trigger, 60)
         r.probe["trigger"] = {"command": trigger, "status": res.status}
         counts = counter.read()
         r.module["hit_counts"] = {"per_function": counts.per_function, "traced": counts.traced,
                                   "untraceable": counts.refused, "overruns": counts.overruns}
+
+        def count(name: str | None) -> tuple[int | None, str | None]:
+            if counts.of(name) is not None:
+                return counts.of(name), hits.COUNTER
+            if name in by_gdb:
+                return by_gdb[name], HBREAK_COUNTER
+            return None, None
+
         uses: dict[str, int] = {}
         for h in self.handlers:
             for n in set(h.names().values()):
@@ -268,11 +299,11 @@ class AnyModule:
         for p, h in zip(self.probes, self.handlers):
             label = f"{p['symbol']}+{p['offset']:#x}"
             main = (h.ret or h.pre or h.post)
-            p["hits"] = counts.of(main)
+            p["hits"], p["hits_counter"] = count(main)
             if h.entry:
-                p["entry_hits"] = counts.of(h.entry)
+                p["entry_hits"] = count(h.entry)[0]
             if h.pre and h.post:
-                p["post_hits"] = counts.of(h.post)
+                p["post_hits"] = count(h.post)[0]
             shared = main is not None and uses.get(main, 0) > 1
             if shared:
                 p["hits_shared_with_other_probes"] = True
@@ -281,6 +312,8 @@ class AnyModule:
                 r.check(f"{label}: handler hits", None, why)
                 continue
             more = " (at least: the trace buffer overran)" if counts.overruns else ""
+            if p["hits_counter"] == HBREAK_COUNTER:
+                more = f" (counted by gdb: ftrace cannot trace it{'; at least: capped' if capped else ''})"
             detail = f"{p['hits']} calls into {main}{more}"
             if h.entry:
                 detail += f", {p['entry_hits']} into the entry handler {h.entry}"
@@ -289,19 +322,41 @@ class AnyModule:
             if shared:
                 detail += " (handler shared with another probe)"
             r.check(f"{label}: handler hits ≥ {opt.min_hits}", p["hits"] >= opt.min_hits, detail)
+        r.hits_counter = self.probes[0].get("hits_counter")
 
-    def _registers(self, counter: hits.FunctionCounter) -> None:
+    def _registers(self) -> None:
+        """Registers at a hardware breakpoint on the first probe's site; then, before anything
+        else runs in that task, its handler must be entered: the probe fired at that stop."""
         c, r = self.c, self.r
         first, h = self.records[0], self.handlers[0]
         c.run_state.address = first.address
-        counter.clear()
-        c._registers_at_hit()
-        main = h.entry or h.ret or h.pre or h.post
-        if counter.traced and main in counter.traced:
-            n = counter.read().of(main) or 0
-            r.registers_at_hit["handler_calls_after_stop"] = n
-            r.check("the probe fired at that stop (its handler count rose)", n > 0,
-                    f"{main}: 0 → {n} calls across the stop")
+        # the handler this stop runs: pre (or post) of a kprobe, the entry handler of a kretprobe
+        # (else its return handler, which runs later in the same task)
+        main = h.pre or h.post or h.entry or h.ret
+        address = h.addresses.get(main)
+        hit = c._registers_at_hit(follow=[address] if address else [])
+        if address is None:
+            r.check("the probe fired at that stop", None, "its handler's address is unknown (no struct found)")
+            return
+        f = hit.follow
+        if f.address is None:
+            r.registers_at_hit["handler_at_stop"] = {"handler": main, **f.to_dict()}
+            r.check("the probe fired at that stop (its handler ran next in that task)", False,
+                    f"{main} was not entered by the task that hit within {f.seconds:.0f}s of the stop")
+            return
+        arg = f.argument if first.type == "k" and h.struct_address is not None else None
+        record = {"handler": main, **f.to_dict()}
+        if arg is not None:
+            record["argument_is_the_probe"] = arg == h.struct_address
+        r.registers_at_hit["handler_at_stop"] = record
+        who = f"{f.task.comm} pid {f.task.pid}" if f.task else f"vCPU thread {f.thread}"
+        detail = (f"{main} entered by {who}, the task that hit, {f.seconds:.3f}s after the stop"
+                  if f.same_task else f"{main} entered on the same vCPU (no task information)")
+        if arg is not None:
+            detail += f"; its kprobe argument {arg:#x}" + ("" if arg == h.struct_address else
+                                                          f" is not the probe's struct {h.struct_address:#x}")
+        r.check("the probe fired at that stop (its handler ran next in that task)",
+                f.same_task is not False and (arg is None or arg == h.struct_address), detail)
 
     # -- unload ----------------------------------------------------------------
     def _rmmod(self) -> None:

@@ -29,7 +29,7 @@ from vmprobe.formats.kprobes_list import ProbeRecord, parse_debugfs_list
 from vmprobe.host.interrupts import checkpoint
 from vmprobe.modules import Module
 from vmprobe.vm.gdb import Gdb
-from vmprobe.vm.hits import first_hit, task_layout_or_reason
+from vmprobe.vm.hits import Hit, first_hit, task_layout_or_reason
 from vmprobe.vm.machine import Machine
 
 AFTER_ENTRY = "after-entry"
@@ -313,7 +313,7 @@ class ProbeCheck:
             count = now
         return count
 
-    def _registers_at_hit(self) -> None:
+    def _registers_at_hit(self, follow: list[int] = ()) -> Hit:
         r, st, p = self.report, self.run_state, self.m.profile
         trigger = self.opt.trigger or DEFAULT_TRIGGER
         # The command is started first and told to go once the breakpoint is
@@ -323,13 +323,15 @@ class ProbeCheck:
         channel = self.m.ssh.start(f"read -r _go; {trigger}")
         layout, no_layout = task_layout_or_reason(self.m)
         hit = first_hit(self.gdb, st.address, [p.pc_register, p.flags_register],
-                        go=lambda: channel.sendall(b"go\n"), layout=layout, no_layout=no_layout)
+                        go=lambda: channel.sendall(b"go\n"), layout=layout, no_layout=no_layout,
+                        follow=follow, argument_register=p.argument_register)
         self.m.ssh.wait(channel, trigger, 60)
         pc, flags = hit.registers[p.pc_register], hit.registers[p.flags_register]
         r.registers_at_hit = {"pc": f"{pc:#x}", "flags": f"{flags:#x}",
                               "names": [p.pc_register, p.flags_register], **hit.to_dict()}
         r.check("pc at the hit is the probe address", pc == st.address, f"{p.pc_register}={pc:#x}"
                 + (f" (hit by {hit.task.comm} pid {hit.task.pid})" if hit.task else ""))
+        return hit
 
     def _sysrq(self) -> None:
         sysrq_three_ways(self.m, self.report)
