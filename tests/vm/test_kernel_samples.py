@@ -21,14 +21,16 @@ def samples(kernel):
     return kernel_samples(kernel)
 
 
-@pytest.mark.parametrize("name", ["kprobe_example", "kretprobe_example"])
+@pytest.mark.parametrize("name", ["kprobe_example", "kretprobe_example", "fprobe_example"])
 def test_kernel_sample(vm, kernel, samples, probe_check, name):
     source = samples.find(name)
+    if name == "fprobe_example" and (source is None or kernel.kconfig.get("CONFIG_FPROBE") != "y"):
+        pytest.skip(f"{kernel.release} has no fprobes (CONFIG_FPROBE) or its samples have no {name}.c")
     assert source is not None, f"{samples.package} {samples.version} has no samples/kprobes/{name}.c"
     text = source.read_text()
     target = default_target(text)
     assert target, f"{name}.c sets no default target in a module_param_string"
-    kind = "kretprobe" if "register_kretprobe(" in text else "kprobe"
+    kind = next(k for k in ("kretprobe", "fprobe", "kprobe") if f"register_{k}" in text)
 
     report = probe_check(source)
     d = report.to_dict()
@@ -39,6 +41,10 @@ def test_kernel_sample(vm, kernel, samples, probe_check, name):
     if kind == "kretprobe":
         assert p["entry_hits"] >= 1 and set(p["handlers"]) == {"entry", "return"}, p
         assert any(f"{target} returned" in line for line in d["module"]["kernel_lines"])
+    elif kind == "fprobe":   # not in kprobes/list: found in enabled_functions, on the ftrace site
+        assert p["entry_hits"] >= 1 and set(p["handlers"]) == {"entry", "return"}, p
+        assert p["mechanism"] == "ftrace" and p["list_type"] == "f", p
+        assert any(f"Enter <{target}+" in line for line in d["module"]["kernel_lines"])
     else:
         assert p["handlers"].get("pre"), p
         assert any(f"<{target}> p->addr" in line for line in d["module"]["kernel_lines"])

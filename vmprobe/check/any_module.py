@@ -16,7 +16,7 @@ import re
 import time
 
 from vmprobe.arch import SITE_WINDOW, Mechanism, agrees_with_flags
-from vmprobe.check import discovery, hits
+from vmprobe.check import discovery, fprobes, hits
 from vmprobe.check.discovery import Handlers
 from vmprobe.check.loading import load_once
 from vmprobe.check.refusals import RegistrationTracer, explain
@@ -107,7 +107,7 @@ class AnyModule:
     # -- load and discover -----------------------------------------------------
     def _load(self) -> None:
         c, m = self.c, self.m
-        before = c._list()
+        before, fbefore = c._list(), fprobes.listed(m)
         tracer = RegistrationTracer(m, self.m.profile.bits // 8)
         tracer.start()
         mark = m.console.mark()
@@ -130,9 +130,11 @@ class AnyModule:
         c._loaded = True
         after = c._list()
         self.records = discovery.in_registration_order(discovery.discover(before, after), registrations)
+        self.records += fprobes.new_records(m, fbefore, fprobes.listed(m))
         if not self.records:
             asked = ", ".join(x.site for x in registrations) or "nothing (no register_kprobe call was seen)"
-            raise ModuleLoadError(f"{c.module.name} loaded but registered no kprobe: {c.KPROBES_LIST} "
+            where = c.KPROBES_LIST + (" nor enabled_functions (fprobes)" if fprobes.supported(m.kernel) else "")
+            raise ModuleLoadError(f"{c.module.name} loaded but registered no kprobe: {where} "
                                   f"has no new line (it asked for: {asked})",
                                   detail="\n".join(lines[-15:]))
         self.probes = [self._entry(rec) for rec in self.records]
@@ -183,7 +185,8 @@ class AnyModule:
             if name in bases and size <= 1 << 20:
                 memory[bases[name]] = c.gdb.read_memory(bases[name], size)
         ptr = self.m.profile.bits // 8
-        self.handlers = [discovery.find_handlers(rec, self.image, bases, memory, ptr) for rec in self.records]
+        self.handlers = [fprobes.handlers(self.m, rec, self.image, bases, memory, ptr) if rec.type == "f"
+                         else discovery.find_handlers(rec, self.image, bases, memory, ptr) for rec in self.records]
         for p, h in zip(self.probes, self.handlers):
             p["handlers"] = h.names()
             p["handlers_found"] = h.struct_address is not None
@@ -344,7 +347,7 @@ class AnyModule:
             r.check("the probe fired at that stop (its handler ran next in that task)", False,
                     f"{main} was not entered by the task that hit within {f.seconds:.0f}s of the stop")
             return
-        arg = f.argument if first.type == "k" and h.struct_address is not None else None
+        arg = f.argument if first.type in ("k", "f") and h.struct_address is not None else None   # struct kprobe/fprobe *
         record = {"handler": main, **f.to_dict()}
         if arg is not None:
             record["argument_is_the_probe"] = arg == h.struct_address
@@ -368,7 +371,8 @@ class AnyModule:
             c._loaded = False
         time.sleep(0.2)
         r.module["kernel_lines"] = r.module.get("kernel_lines", []) + module_lines(m.console.since(mark))
-        left = {rec.address for rec in c._list()}
+        left = {rec.address for rec in c._list() if rec.type != "f"}
+        left |= {rec.address for rec in fprobes.new_records(m, [], fprobes.listed(m))}
         stay = [f"{rec.symbol}+{rec.offset:#x}" for rec in self.records if rec.address in left]
         r.check("gone from kprobes/list after rmmod", not stay, ", ".join(stay))
 

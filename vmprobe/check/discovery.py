@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from vmprobe.formats.kprobes_list import ProbeRecord
 from vmprobe.modules.introspect import ModuleImage
 
-KINDS = {"k": "kprobe", "r": "kretprobe"}
+KINDS = {"k": "kprobe", "r": "kretprobe", "f": "fprobe"}   # f: check/fprobes.py
 #: how far past a kretprobe's kp.addr its handler pointers are searched, in words
 KRETPROBE_WINDOW = 48
 

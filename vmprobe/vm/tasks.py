@@ -83,7 +83,7 @@ def percpu_from_kallsyms(text: str, names=CURRENT_VARS) -> dict[str, int]:
     return found
 
 
-def _vmlinux_btf(kernel) -> bytes:
+def vmlinux_btf(kernel) -> bytes:
     image = kernel.image_path.read_bytes()
     if image[:4] == b"\x7fELF":
         vmlinux = image
@@ -116,7 +116,7 @@ def task_layout(kernel, profile, kallsyms=None) -> TaskLayout:
             return TaskLayout(**saved)
     except (OSError, ValueError, TypeError):
         pass
-    data = _vmlinux_btf(kernel)
+    data = vmlinux_btf(kernel)
     try:
         layout = layout_from_btf(data)
     except NoTaskInfo:
