@@ -356,7 +356,7 @@ class AnyModule:
         detail = (f"{main} entered by {who}, the task that hit, {f.seconds:.3f}s after the stop"
                   if f.same_task else f"{main} entered on the same vCPU (no task information)")
         if arg is not None:
-            detail += f"; its kprobe argument {arg:#x}" + ("" if arg == h.struct_address else
+            detail += f"; its probe argument {arg:#x}" + ("" if arg == h.struct_address else
                                                           f" is not the probe's struct {h.struct_address:#x}")
         r.check("the probe fired at that stop (its handler ran next in that task)",
                 f.same_task is not False and (arg is None or arg == h.struct_address), detail)
