@@ -35,3 +35,22 @@ def test_only_sample_files_are_extracted():
     assert _MEMBER.match("linux-source-6.1/samples/kprobes/../../etc/passwd") is None
     assert _MEMBER.match("linux-source-6.1/samples/bpf/x.c") is None
     assert _MEMBER.match("linux-source-6.1/kernel/kprobes.c") is None
+
+
+def test_a_cache_entry_whose_file_changed_is_not_used(tmp_path):
+    import json
+
+    from vmprobe.host.cache import sha256_file
+    from vmprobe.kernels.samples import RECORD, _load
+
+    sample = tmp_path / "samples/kprobes/kprobe_example.c"
+    sample.parent.mkdir(parents=True)
+    sample.write_text("int x;\n")
+    record = {"package": "linux-source-6.1", "version": "6.1.1-1", "deb_sha256": "ab",
+              "files": {"samples/kprobes/kprobe_example.c": sha256_file(sample)}}
+    (tmp_path / RECORD).write_text(json.dumps(record))
+    found = _load(tmp_path, "6.1.1-1")
+    assert found is not None and found.same_version and found.find("kprobe_example") == sample
+    assert found.find("fprobe_example") is None
+    sample.write_text("int y;\n")
+    assert _load(tmp_path, "6.1.1-1") is None
