@@ -2,13 +2,16 @@
 
 A user's module says nothing vmprobe can parse, so everything comes from the
 kernel and from the module itself: the probes are the new lines of
-``kprobes/list`` after a single ``finit_module`` (vmprobe-insmod); each one's
-bytes are read before (from the function names among the module's strings and
-parameters), armed and after rmmod through the gdbstub, its mechanism checked
-against its list flags; its handlers are named from its struct in the
-module's data; calls into them are counted by the function tracer while the
-trigger runs; registers are read at a hardware breakpoint on the first probe.
-``--symbol``/``--offset`` only assert that a probe at that site is among them.
+``kprobes/list`` (and fprobes, of ``enabled_functions``: check/fprobes.py)
+after a single ``finit_module`` (check/loading.py); each one's bytes are read
+before (from the function names among the module's strings and parameters),
+armed and after rmmod through the gdbstub, its mechanism checked against its
+list flags; its handlers are named from its struct in the module's data;
+calls into them are counted by the function tracer while the trigger runs
+(by gdb breakpoints for handlers it cannot trace); registers are read at a
+hardware breakpoint on the first probe, whose handler the same task must
+enter next. ``--symbol``/``--offset`` only assert that a probe at that site
+is among them.
 """
 from __future__ import annotations
 
@@ -275,7 +278,8 @@ class AnyModule:
         if untraced:
             channel = m.ssh.start(f"read -r _go; {trigger}")
             got = count_hits(self.c.gdb, list(untraced.values()), start=lambda: channel.sendall(b"go\n"),
-                             finished=channel.exit_status_ready, cap=max(opt.min_hits, HBREAK_CAP))
+                             finished=getattr(channel, "exit_status_ready", None),   # SSH; serial: quiet
+                             cap=max(opt.min_hits, HBREAK_CAP))
             res = m.ssh.wait(channel, trigger, 60)
             by_gdb = {n: got.counts[a] for n, a in untraced.items()}
             capped = got.capped

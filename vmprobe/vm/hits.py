@@ -199,11 +199,13 @@ def _follow(gdb: Gdb, hit: Hit, numbers: list[str], follow: list[int], layout: T
                         others, time.monotonic() - t0)
 
 
-def count_hits(gdb: Gdb, addresses: list[int], *, start: Callable[[], None], finished: Callable[[], bool],
-               cap: int = 100, timeout: float = 60) -> HitCount:
+def count_hits(gdb: Gdb, addresses: list[int], *, start: Callable[[], None],
+               finished: Callable[[], bool] | None, cap: int = 100, timeout: float = 60,
+               quiet: float = 3.0) -> HitCount:
     """Count executions of ``addresses`` (hardware breakpoints: the guest stops at each one and
-    is resumed) while the work ``start()`` begins runs, until ``finished()``, or ``cap`` hits in
-    all (each stop costs tens of ms of guest time under TCG). Then the breakpoints go."""
+    is resumed) while the work ``start()`` begins runs, until ``finished()`` (without it: until
+    no stop came for ``quiet`` seconds), or ``cap`` hits in all (each stop costs tens of ms of
+    guest time under TCG). Then the breakpoints go."""
     gdb.interrupt()
     ours = {gdb.command(f"-break-insert -h *{a:#x}")["payload"]["bkpt"]["number"]: a for a in addresses}
     counts = {a: 0 for a in addresses}
@@ -213,13 +215,14 @@ def count_hits(gdb: Gdb, addresses: list[int], *, start: Callable[[], None], fin
     try:
         since = gdb.cont()
         start()
+        last = time.monotonic()
         while True:
             try:
                 stop = gdb.wait_stopped(0.2, "a breakpoint to count", since=since)
             except GdbError:
                 if gdb.state is not State.RUNNING:
                     raise
-                if finished():
+                if finished() if finished else time.monotonic() - last >= quiet:
                     break
                 if time.monotonic() - t0 > timeout:
                     raise GdbError(f"the work being counted did not finish within {timeout:g}s") from None
@@ -232,6 +235,7 @@ def count_hits(gdb: Gdb, addresses: list[int], *, start: Callable[[], None], fin
                 if sum(counts.values()) >= cap:
                     capped = True
                     break
+            last = time.monotonic()
             since = gdb.cont()
         return HitCount(counts, capped, time.monotonic() - t0, others)
     finally:
