@@ -98,7 +98,7 @@ def _is_ours(stop: Stop, number: str, address: int) -> bool:
 def first_hit(gdb: Gdb, address: int, registers: list[str], *, go: Callable[[], None] | None = None,
               timeout: float = 20, layout: TaskLayout | None = None,
               no_layout: str | None = None, follow: list[int] = (), argument_register: str = "",
-              follow_timeout: float = 10) -> Hit:
+              follow_timeout: float = 5) -> Hit:
     """Break at ``address`` (hardware breakpoint), return the first hit by any task.
 
     ``registers`` are read at the hit; the current task too when ``layout`` is
