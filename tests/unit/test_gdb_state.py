@@ -21,7 +21,7 @@ from vmprobe.errors import GdbError
 from vmprobe.formats import btf
 from vmprobe.vm import gdb as gdb_module
 from vmprobe.vm.gdb import Gdb, MiLog, State
-from vmprobe.vm.hits import first_hit
+from vmprobe.vm.hits import count_hits, first_hit
 from vmprobe.vm.tasks import NoTaskInfo, TaskLayout, current_task, layout_from_btf, percpu_from_kallsyms
 
 RECORDED = json.loads((Path(__file__).parent / "data" / "gdb_mi_hot_site.json").read_text())["responses"]
@@ -419,3 +419,41 @@ def test_first_hit_names_the_task_from_the_same_register_read():
                                      "task_struct": f"{task:#x}"}
     assert "-data-list-register-values x 16 17 156" in fake.commands
     assert fake.sent("-data-read-memory-bytes") == 2 and g.state is State.RUNNING
+
+
+# -- counting hits with a breakpoint -------------------------------------------
+
+def counting(fake: ReplayGdb, hits: int) -> ReplayGdb:
+    """The next ``hits`` continues stop at once at the breakpoint; the one after runs on."""
+    fake.answer("-exec-interrupt", resp("-exec-interrupt"), resp("-exec-interrupt"))
+    fake.answer("-break-insert", resp("-break-insert"))
+    fake.answer("-exec-continue", *[resp("-exec-continue (hot breakpoint)")] * hits,
+                resp("-exec-continue (no breakpoint)"), resp("-exec-continue"))
+    fake.answer("-break-delete", resp("-break-delete"))
+    return fake
+
+
+def test_count_hits_counts_each_stop_until_the_work_is_done():
+    fake = ReplayGdb()
+    g = running(fake)
+    counting(fake, 3)
+    started = []
+    got = count_hits(g, [HIT_PC], start=lambda: started.append(1), finished=lambda: True)
+    assert got.counts == {HIT_PC: 3} and not got.capped and started == [1]
+    assert g.state is State.RUNNING
+    assert fake.commands[-3:] == ["-exec-interrupt", "-break-delete 1", "-exec-continue"]
+
+
+def test_count_hits_stops_at_the_cap_and_without_finished_waits_for_quiet():
+    fake = ReplayGdb()
+    g = running(fake)
+    counting(fake, 2)
+    got = count_hits(g, [HIT_PC], start=lambda: None, finished=None, cap=2)
+    assert got.counts == {HIT_PC: 2} and got.capped
+    assert fake.commands[-2:] == ["-break-delete 1", "-exec-continue"] and g.state is State.RUNNING
+    fake = ReplayGdb()
+    g = running(fake)
+    counting(fake, 1)
+    t0 = time.monotonic()
+    got = count_hits(g, [HIT_PC], start=lambda: None, finished=None, quiet=0.5)
+    assert got.counts == {HIT_PC: 1} and not got.capped and time.monotonic() - t0 >= 0.5

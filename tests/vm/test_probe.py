@@ -6,7 +6,7 @@ import json
 import pytest
 
 from vmprobe import modules
-from vmprobe.check.probe import ProbeOptions, run_probe_check
+from vmprobe.check.probe import ProbeCheck, ProbeOptions, run_probe_check
 from vmprobe.errors import ModuleBuildError, ModuleLoadError
 
 
@@ -41,8 +41,12 @@ def test_mechanism(vm, fork_module, offset, post, mechanism, first_byte, flag):
     ("kprobe_int3_handler", 0, r"kprobe_int3_handler\+0 cannot be probed.*blacklist.*EINVAL"),
 ])
 def test_refusals_are_specific(vm, fork_module, symbol, offset, message):
+    check = ProbeCheck(vm, fork_module, ProbeOptions(symbol=symbol, offset=offset))
     with pytest.raises(ModuleLoadError, match=message):
-        run_probe_check(vm, fork_module, ProbeOptions(symbol=symbol, offset=offset))
+        check.run()
+    # the failing init ran once: one finit_module, no init_module retry (BusyBox insmod printed it twice)
+    dmesg = vm.run("dmesg").stdout
+    assert dmesg.count(f"vmprobe-error nonce={check.run_state.nonce} ") == 1, dmesg[-2000:]
     assert "vmprobe_fork" not in vm.run("cat /proc/modules").stdout
     assert vm.run("cat /sys/kernel/debug/kprobes/list").stdout.strip() == ""
 

@@ -52,6 +52,7 @@ class ArchProfile:
     code_model_cflags: tuple[str, ...] = ()   # what an old tree's module build must add for the code model
     plt32_since: tuple[int, ...] | None = None  # first kernel whose module loader takes R_*_PLT32
     return_register: str = ""        # gdb's name of the register a function returns its value in
+    argument_register: str = ""      # gdb's name of the register a kernel function gets its first argument in
     syscall_prefix: str = ""         # the arch's syscall wrapper prefix in kallsyms (4.17+ x86, arm64)
 
     @property
@@ -84,7 +85,7 @@ PROFILES = {
         sites=X86Sites(bits=64), elf_machine=62, multiarch="x86_64-linux-gnu",
         assembler=("as", "--64"), qemu_package="qemu-system-x86",
         tree_images=("arch/x86/boot/bzImage",), kernel_build_arch="x86_64", aliases=("x86-64", "x64"),
-        return_register="rax", syscall_prefix="__x64_sys_",
+        return_register="rax", argument_register="rdi", syscall_prefix="__x64_sys_",
     ),
     "i386": ArchProfile(
         name="i386", debian_arch="i386", qemu="qemu-system-i386", machine="pc",
@@ -95,7 +96,7 @@ PROFILES = {
         config_symbol="CONFIG_X86_32", old_arch_dir="i386", code_model_cflags=("-m32",), plt32_since=(5, 12),
         assembler=("as", "--32"), qemu_package="qemu-system-x86",
         tree_images=("arch/x86/boot/bzImage",), aliases=("i686", "x86_32"),
-        return_register="eax", syscall_prefix="__ia32_sys_",
+        return_register="eax", argument_register="eax", syscall_prefix="__ia32_sys_",  # -mregparm=3
         percpu_base_register="fs_base", current_reader="__ia32_sys_getpid",
     ),
     "arm64": ArchProfile(
@@ -111,7 +112,7 @@ PROFILES = {
         sites=Arm64Sites(), elf_machine=183, multiarch="aarch64-linux-gnu",
         assembler=("aarch64-linux-gnu-as",), qemu_package="qemu-system-arm",
         tree_images=("arch/arm64/boot/Image", "arch/arm64/boot/Image.gz"),
-        return_register="x0", syscall_prefix="__arm64_sys_", current_register="SP_EL0",
+        return_register="x0", argument_register="x0", syscall_prefix="__arm64_sys_", current_register="SP_EL0",
     ),
 }
 

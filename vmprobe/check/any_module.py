@@ -2,13 +2,16 @@
 
 A user's module says nothing vmprobe can parse, so everything comes from the
 kernel and from the module itself: the probes are the new lines of
-``kprobes/list`` after a single ``finit_module`` (vmprobe-insmod); each one's
-bytes are read before (from the function names among the module's strings and
-parameters), armed and after rmmod through the gdbstub, its mechanism checked
-against its list flags; its handlers are named from its struct in the
-module's data; calls into them are counted by the function tracer while the
-trigger runs; registers are read at a hardware breakpoint on the first probe.
-``--symbol``/``--offset`` only assert that a probe at that site is among them.
+``kprobes/list`` (and fprobes, of ``enabled_functions``: check/fprobes.py)
+after a single ``finit_module`` (check/loading.py); each one's bytes are read
+before (from the function names among the module's strings and parameters),
+armed and after rmmod through the gdbstub, its mechanism checked against its
+list flags; its handlers are named from its struct in the module's data;
+calls into them are counted by the function tracer while the trigger runs
+(by gdb breakpoints for handlers it cannot trace); registers are read at a
+hardware breakpoint on the first probe, whose handler the same task must
+enter next. ``--symbol``/``--offset`` only assert that a probe at that site
+is among them.
 """
 from __future__ import annotations
 
@@ -16,19 +19,23 @@ import re
 import time
 
 from vmprobe.arch import SITE_WINDOW, Mechanism, agrees_with_flags
-from vmprobe.check import discovery, gdb_hits, hits
+from vmprobe.check import discovery, fprobes, hits
 from vmprobe.check.discovery import Handlers
+from vmprobe.check.loading import load_once
 from vmprobe.check.refusals import RegistrationTracer, explain
 from vmprobe.errors import ModuleLoadError
 from vmprobe.formats.kprobes_list import ProbeRecord
 from vmprobe.modules.introspect import ModuleImage, read_image
-from vmprobe.modules.loader import loader_for
 from vmprobe.vm.gdb import Gdb
+from vmprobe.vm.hits import count_hits
 
 #: bytes read from each candidate function before the module loads
 BEFORE_WINDOW = 160
 MAX_CANDIDATES = 16
-LOADER = "/tmp/vmprobe-insmod"
+#: handlers ftrace cannot trace are counted by gdb hardware breakpoints: at most this many
+#: functions, and this many stops (each costs tens of ms of guest time under TCG)
+HBREAK_MAX, HBREAK_CAP = 4, 200
+HBREAK_COUNTER = "gdb-hardware-breakpoint"
 _NOISE = re.compile(r"vmprobe-|loading out-of-tree module taints|module verification failed")
 
 
@@ -55,8 +62,6 @@ class AnyModule:
         self.probes: list[dict] = []
         self.records: list[ProbeRecord] = []
         self.handlers: list[Handlers] = []
-        self.bases: dict[str, int] = {}          # the module's section → its address in the guest
-        self.by_gdb: set[str] = set()            # handlers counted with breakpoints (no fentry site)
 
     # -- the flow --------------------------------------------------------------
     def run(self) -> None:
@@ -88,7 +93,7 @@ class AnyModule:
                 self._trigger_and_count(counter)
             if opt.registers:
                 with c.phase("registers"):
-                    self._registers(counter)
+                    self._registers()
         finally:
             if counter.traced:
                 counter.stop()
@@ -105,17 +110,12 @@ class AnyModule:
     # -- load and discover -----------------------------------------------------
     def _load(self) -> None:
         c, m = self.c, self.m
-        remote = f"/tmp/{c.module.path.name}"
-        m.upload(c.module.path, remote)
-        m.upload(loader_for(self.m.profile), LOADER, mode=0o755)
-        before = c._list()
+        before, fbefore = c._list(), fprobes.listed(m)
         tracer = RegistrationTracer(m, self.m.profile.bits // 8)
         tracer.start()
         mark = m.console.mark()
-        params = self.opt.module_params.replace("'", "'\\''")
         try:
-            res = m.run(f"{LOADER} {remote} '{params}'", 60)
-            status = _loader_status(res.output)
+            status = load_once(m, c.module.path, self.opt.module_params).errno
             registrations = tracer.read()
         finally:
             tracer.stop()
@@ -133,9 +133,11 @@ class AnyModule:
         c._loaded = True
         after = c._list()
         self.records = discovery.in_registration_order(discovery.discover(before, after), registrations)
+        self.records += fprobes.new_records(m, fbefore, fprobes.listed(m))
         if not self.records:
             asked = ", ".join(x.site for x in registrations) or "nothing (no register_kprobe call was seen)"
-            raise ModuleLoadError(f"{c.module.name} loaded but registered no kprobe: {c.KPROBES_LIST} "
+            where = c.KPROBES_LIST + (" nor enabled_functions (fprobes)" if fprobes.supported(m.kernel) else "")
+            raise ModuleLoadError(f"{c.module.name} loaded but registered no kprobe: {where} "
                                   f"has no new line (it asked for: {asked})",
                                   detail="\n".join(lines[-15:]))
         self.probes = [self._entry(rec, discovery.registered_offset(rec, registrations)) for rec in self.records]
@@ -185,13 +187,14 @@ class AnyModule:
         c, m = self.c, self.m
         listing = m.run(f"cd /sys/module/{c.module.name}/sections && for f in .* *; do "
                         f"[ -f \"$f\" ] && echo \"$f $(cat \"$f\")\"; done", 30).stdout
-        bases = self.bases = discovery.section_bases(listing)
+        bases = discovery.section_bases(listing)
         memory = {}
         for name, size in self.image.data_sections.items():
             if name in bases and size <= 1 << 20:
                 memory[bases[name]] = c.gdb.read_memory(bases[name], size)
         ptr = self.m.profile.bits // 8
-        self.handlers = [discovery.find_handlers(rec, self.image, bases, memory, ptr) for rec in self.records]
+        self.handlers = [fprobes.handlers(self.m, rec, self.image, bases, memory, ptr) if rec.type == "f"
+                         else discovery.find_handlers(rec, self.image, bases, memory, ptr) for rec in self.records]
         for p, h in zip(self.probes, self.handlers):
             p["handlers"] = h.names()
             p["handlers_found"] = h.struct_address is not None
@@ -266,34 +269,41 @@ class AnyModule:
         self.r.hits_counter = hits.COUNTER if counter.traced else None
         return counter
 
-    def _untraced(self, counter: hits.FunctionCounter) -> dict[str, int]:
-        """The handlers ftrace refused, with their addresses in the guest (for breakpoints)."""
-        found = {}
-        for f in self.image.functions:
-            if f.name in counter.refused and f.section in self.bases and f.name not in found:
-                found[f.name] = self.bases[f.section] + f.offset
-        return found
-
     def _trigger_and_count(self, counter: hits.FunctionCounter) -> None:
-        r, opt = self.r, self.opt
+        r, opt, m = self.r, self.opt, self.m
         trigger = opt.trigger or self.c.DEFAULT_TRIGGER
-        untraced = self._untraced(counter)
-        if untraced:   # no fentry site: count those with breakpoints, the rest with ftrace
-            res, by_gdb = gdb_hits.count_calls(self.c.gdb, untraced, lambda: self.m.run(trigger, 60))
+        # handlers ftrace cannot trace (e.g. __kprobes ones on 6.12) are counted by gdb instead
+        untraced = {}
+        for h in self.handlers:
+            for n in self._counted(h):
+                if n not in counter.traced and n in h.addresses and len(untraced) < HBREAK_MAX:
+                    untraced[n] = h.addresses[n]
+        by_gdb: dict[str, int] = {}
+        capped = False
+        if untraced:
+            channel = m.ssh.start(f"read -r _go; {trigger}")
+            got = count_hits(self.c.gdb, list(untraced.values()), start=lambda: channel.sendall(b"go\n"),
+                             finished=getattr(channel, "exit_status_ready", None),   # SSH; serial: quiet
+                             cap=max(opt.min_hits, HBREAK_CAP))
+            res = m.ssh.wait(channel, trigger, 60)
+            by_gdb = {n: got.counts[a] for n, a in untraced.items()}
+            capped = got.capped
+            r.module["hit_counts_by_gdb"] = {"per_function": by_gdb, "capped_at": HBREAK_CAP if capped else None,
+                                             "seconds": round(got.seconds, 3)}
         else:
-            res, by_gdb = self.m.run(trigger, 60), None
+            res = m.run(trigger, 60)
         r.probe["trigger"] = {"command": trigger, "status": res.status}
         counts = counter.read()
         r.module["hit_counts"] = {"per_function": counts.per_function, "traced": counts.traced,
                                   "untraceable": counts.refused, "overruns": counts.overruns}
-        if by_gdb is not None:
-            self.by_gdb = set(by_gdb.per_function)
-            counts.per_function.update(by_gdb.per_function)
-            counts.traced += list(by_gdb.per_function)
-            r.module["hit_counts"]["by_breakpoints"] = {
-                "per_function": by_gdb.per_function, "capped_at": gdb_hits.CAP, "capped": by_gdb.capped,
-                "seconds": round(by_gdb.seconds, 2)}
-            r.hits_counter = "+".join(x for x in (r.hits_counter, gdb_hits.COUNTER) if x)
+
+        def count(name: str | None) -> tuple[int | None, str | None]:
+            if counts.of(name) is not None:
+                return counts.of(name), hits.COUNTER
+            if name in by_gdb:
+                return by_gdb[name], HBREAK_COUNTER
+            return None, None
+
         uses: dict[str, int] = {}
         for h in self.handlers:
             for n in set(h.names().values()):
@@ -301,12 +311,11 @@ class AnyModule:
         for p, h in zip(self.probes, self.handlers):
             label = f"{p['symbol']}+{p['offset']:#x}"
             main = (h.ret or h.pre or h.post)
-            p["hits"] = counts.of(main)
-            p["hits_counter"] = gdb_hits.COUNTER if main in self.by_gdb else hits.COUNTER
+            p["hits"], p["hits_counter"] = count(main)
             if h.entry:
-                p["entry_hits"] = counts.of(h.entry)
+                p["entry_hits"] = count(h.entry)[0]
             if h.pre and h.post:
-                p["post_hits"] = counts.of(h.post)
+                p["post_hits"] = count(h.post)[0]
             shared = main is not None and uses.get(main, 0) > 1
             if shared:
                 p["hits_shared_with_other_probes"] = True
@@ -314,9 +323,9 @@ class AnyModule:
                 why = (f"{main} cannot be traced by ftrace" if main else "its handlers were not found")
                 r.check(f"{label}: handler hits", None, why)
                 continue
-            more = " (at least: the trace buffer overran)" if counts.overruns and main not in self.by_gdb else ""
-            if main in self.by_gdb:
-                more = f" (counted with a breakpoint{', at least: capped' if p['hits'] >= gdb_hits.CAP else ''})"
+            more = " (at least: the trace buffer overran)" if counts.overruns else ""
+            if p["hits_counter"] == HBREAK_COUNTER:
+                more = f" (counted by gdb: ftrace cannot trace it{'; at least: capped' if capped else ''})"
             detail = f"{p['hits']} calls into {main}{more}"
             if h.entry:
                 detail += f", {p['entry_hits']} into the entry handler {h.entry}"
@@ -325,27 +334,41 @@ class AnyModule:
             if shared:
                 detail += " (handler shared with another probe)"
             r.check(f"{label}: handler hits ≥ {opt.min_hits}", p["hits"] >= opt.min_hits, detail)
+        r.hits_counter = self.probes[0].get("hits_counter")
 
-    def _registers(self, counter: hits.FunctionCounter) -> None:
+    def _registers(self) -> None:
+        """Registers at a hardware breakpoint on the first probe's site; then, before anything
+        else runs in that task, its handler must be entered: the probe fired at that stop."""
         c, r = self.c, self.r
         first, h = self.records[0], self.handlers[0]
         c.run_state.address = first.address
-        main = h.entry or h.ret or h.pre or h.post
-        counter.clear()
-        if main in self.by_gdb:   # no fentry site: see the handler entered right after the stop
-            c.run_state.then = {a: n for n, a in self._untraced(counter).items() if n == main}
-        c._registers_at_hit()
-        if main in self.by_gdb:
-            entered = r.registers_at_hit.get("then")
-            n = int(entered == main)
-            r.registers_at_hit["handler_calls_after_stop"] = n
-            r.check("the probe fired at that stop (its handler ran next)", entered == main,
-                    f"{main} entered after the stop" if n else r.registers_at_hit.get("then_error", entered))
-        elif counter.traced and main in counter.traced:
-            n = counter.read().of(main) or 0
-            r.registers_at_hit["handler_calls_after_stop"] = n
-            r.check("the probe fired at that stop (its handler count rose)", n > 0,
-                    f"{main}: 0 → {n} calls across the stop")
+        # the handler this stop runs: pre (or post) of a kprobe, the entry handler of a kretprobe
+        # (else its return handler, which runs later in the same task)
+        main = h.pre or h.post or h.entry or h.ret
+        address = h.addresses.get(main)
+        hit = c._registers_at_hit(follow=[address] if address else [])
+        if address is None:
+            r.check("the probe fired at that stop", None, "its handler's address is unknown (no struct found)")
+            return
+        f = hit.follow
+        if f.address is None:
+            r.registers_at_hit["handler_at_stop"] = {"handler": main, **f.to_dict()}
+            r.check("the probe fired at that stop (its handler ran next in that task)", False,
+                    f"{main} was not entered by the task that hit within {f.seconds:.0f}s of the stop")
+            return
+        arg = f.argument if first.type in ("k", "f") and h.struct_address is not None else None   # struct kprobe/fprobe *
+        record = {"handler": main, **f.to_dict()}
+        if arg is not None:
+            record["argument_is_the_probe"] = arg == h.struct_address
+        r.registers_at_hit["handler_at_stop"] = record
+        who = f"{f.task.comm} pid {f.task.pid}" if f.task else f"vCPU thread {f.thread}"
+        detail = (f"{main} entered by {who}, the task that hit, {f.seconds:.3f}s after the stop"
+                  if f.same_task else f"{main} entered on the same vCPU (no task information)")
+        if arg is not None:
+            detail += f"; its probe argument {arg:#x}" + ("" if arg == h.struct_address else
+                                                          f" is not the probe's struct {h.struct_address:#x}")
+        r.check("the probe fired at that stop (its handler ran next in that task)",
+                f.same_task is not False and (arg is None or arg == h.struct_address), detail)
 
     # -- unload ----------------------------------------------------------------
     def _rmmod(self) -> None:
@@ -357,7 +380,8 @@ class AnyModule:
             c._loaded = False
         time.sleep(0.2)
         r.module["kernel_lines"] = r.module.get("kernel_lines", []) + module_lines(m.console.since(mark))
-        left = {rec.address for rec in c._list()}
+        left = {rec.address for rec in c._list() if rec.type != "f"}
+        left |= {rec.address for rec in fprobes.new_records(m, [], fprobes.listed(m))}
         stay = [f"{rec.symbol}+{rec.offset:#x}" for rec in self.records if rec.address in left]
         r.check("gone from kprobes/list after rmmod", not stay, ", ".join(stay))
 
@@ -388,13 +412,6 @@ class AnyModule:
         r.probe["module"] = self.c.module.name
         r.bytes = dict(first["bytes"])
         r.hits = first["hits"]
-
-
-def _loader_status(output: str) -> int:
-    m = re.search(r"vmprobe-insmod: (?:finit_module|open)=(\d+)", output)
-    if not m:
-        raise ModuleLoadError(f"vmprobe-insmod said nothing about the load: {output.strip()[:200]!r}")
-    return int(m[1])
 
 
 def run_any_module(check) -> None:

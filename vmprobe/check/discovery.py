@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from vmprobe.formats.kprobes_list import ProbeRecord
 from vmprobe.modules.introspect import ModuleImage
 
-KINDS = {"k": "kprobe", "r": "kretprobe"}
+KINDS = {"k": "kprobe", "r": "kretprobe", "f": "fprobe"}   # f: check/fprobes.py
 #: how far past a kretprobe's kp.addr its handler pointers are searched, in words
 KRETPROBE_WINDOW = 48
 
@@ -76,6 +76,7 @@ class Handlers:
     maxactive: int | None = None
     data_size: int | None = None
     extra: dict = field(default_factory=dict)
+    addresses: dict[str, int] = field(default_factory=dict)   # handler name → its runtime address
 
     def names(self) -> dict[str, str]:
         d = {"pre": self.pre, "post": self.post, "entry": self.entry, "return": self.ret}
@@ -116,8 +117,12 @@ def find_handlers(record: ProbeRecord, image: ModuleImage, bases: dict[str, int]
     def word(blob: bytes, at: int) -> int | None:
         return struct.unpack_from(fmt, blob, at)[0] if 0 <= at <= len(blob) - ptr else None
 
+    seen: dict[str, int] = {}
+
     def name(value: int | None) -> str | None:
         f = image.function_at(value, bases) if value else None
+        if f:
+            seen[f.name] = value
         return f.name if f else None
 
     for base, blob in memory.items():
@@ -129,6 +134,7 @@ def find_handlers(record: ProbeRecord, image: ModuleImage, bases: dict[str, int]
                     _kretprobe(h, blob, at, word, name, ptr)
                 else:
                     h.pre, h.post = name(word(blob, at + 3 * ptr)), name(word(blob, at + 4 * ptr))
+                h.addresses = {n: seen[n] for n in h.names().values()}
                 return h
             at = blob.find(needle, at + 1)
     return Handlers()

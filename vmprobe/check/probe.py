@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from vmprobe.arch import SITE_WINDOW, Mechanism, agrees_with_flags
 from vmprobe.check.any_module import run_any_module
 from vmprobe.check.lifecycle import CheckLifecycle
+from vmprobe.check.loading import Load, load_once
 from vmprobe.check.report import ProbeReport
 from vmprobe.check.symbols import FORK_SYMBOLS, fork_symbol, resolve_symbols
 from vmprobe.check.sysrq import sysrq_three_ways
@@ -27,13 +28,12 @@ from vmprobe.errors import CommandTimeout, ModuleLoadError, ProbeSiteError, Vmpr
 from vmprobe.formats.kprobes_list import ProbeRecord, parse_debugfs_list
 from vmprobe.modules import Module
 from vmprobe.vm.gdb import Gdb
-from vmprobe.vm.hits import first_hit, task_layout_or_reason
+from vmprobe.vm.hits import Hit, first_hit, task_layout_or_reason
 from vmprobe.vm.machine import Machine
 
 AFTER_ENTRY = "after-entry"
 DEFAULT_TRIGGER = "for i in 1 2 3 4 5; do /bin/true; done"
 KPROBES_LIST = "/sys/kernel/debug/kprobes/list"
-GUEST_DIR = "/tmp"
 #: Extra bytes read before arming, for a kernel that moves the probe (IBT: sym+0 → sym+4).
 SLACK = 16
 
@@ -59,7 +59,6 @@ class _Run:
     address: int = 0          # where the probe really is
     requested: int = 0        # sym + offset as asked
     baseline: bytes = b""     # read at `requested`, SITE_WINDOW + SLACK bytes
-    then: dict[int, str] = field(default_factory=dict)   # handlers to see entered after the hit
 
 
 class ProbeCheck(CheckLifecycle):
@@ -173,33 +172,19 @@ class ProbeCheck(CheckLifecycle):
     # -- steps ---------------------------------------------------------------
     def _insmod(self, symbol: str) -> int:
         st, opt = self.run_state, self.opt
-        remote = f"{GUEST_DIR}/{self.module.path.name}"
-        self.m.upload(self.module.path, remote)
-        if opt.builtin_template:
-            params = (f"symbol={symbol} offset={self.offset} nonce={st.nonce} "
-                      f"post={1 if opt.post_handler else 0}")
-        else:
-            params = ""
-        params = f"{params} {opt.module_params}".strip()
+        params = (f"symbol={symbol} offset={self.offset} nonce={st.nonce} "
+                  f"post={1 if opt.post_handler else 0} {opt.module_params}")
         mark = self.m.console.mark()
-        res = self.m.run(f"insmod {remote} {params}", 60)
-        if res.status != 0:
-            raise ModuleLoadError(self._explain_refusal(symbol, res.output.strip(), mark),
-                                  detail=self.m.console.tail(15))
+        load = load_once(self.m, self.module.path, params)
+        if not load.ok:
+            raise ModuleLoadError(self._explain_refusal(symbol, load, mark), detail=self.m.console.tail(15))
         self._loaded = True
-        if opt.builtin_template:
-            m = self.m.console.expect(rf"vmprobe-armed nonce={st.nonce} .*addr=([0-9a-f]+)", 15,
-                                      since=mark, what="the module's 'armed' line on the console",
-                                      error=ModuleLoadError)
-            return int(m[1], 16)
-        records = [rec for rec in self._list() if rec.module in (None, self.module.name)
-                   and rec.symbol == symbol]
-        if not records:
-            raise ModuleLoadError(f"{self.module.name} loaded but no kprobe on {symbol} is listed "
-                                  f"in {KPROBES_LIST}")
-        return records[0].address
+        m = self.m.console.expect(rf"vmprobe-armed nonce={st.nonce} .*addr=([0-9a-f]+)", 15,
+                                  since=mark, what="the module's 'armed' line on the console",
+                                  error=ModuleLoadError)
+        return int(m[1], 16)
 
-    def _explain_refusal(self, symbol: str, insmod_said: str, mark: int) -> str:
+    def _explain_refusal(self, symbol: str, load: Load, mark: int) -> str:
         k = self.m.kernel
         code = None
         with contextlib.suppress(VmprobeError):
@@ -207,8 +192,8 @@ class ProbeCheck(CheckLifecycle):
                                       3, since=mark, what="the module's error line")
             code = -int(m[1])
         where = f"{symbol}+{self.offset}"
-        said = f"register_kprobe returned -{errno.errorcode.get(code, code)}" if code else f"insmod: {insmod_said}"
-        if code == errno.ENOENT or (code is None and "unknown symbol" in insmod_said.lower()):
+        said = f"register_kprobe returned -{errno.errorcode.get(code, code)}" if code else load.said()
+        if code == errno.ENOENT or (code is None and load.errno == errno.ENOENT):
             return f"symbol {symbol} not found in kernel {k.release} ({said})"
         if code == errno.EILSEQ:
             return (f"offset {self.offset} into {symbol} is not an instruction boundary in kernel "
@@ -274,10 +259,6 @@ class ProbeCheck(CheckLifecycle):
         mark = self.m.console.mark()
         res = self.m.run(trigger, 60)
         r.probe["trigger"] = {"command": trigger, "status": res.status}
-        if not opt.builtin_template:
-            r.hits = None
-            r.check("handler hits", None, "a user's module: hits are not counted (no vmprobe nonce)")
-            return
         pattern = rf"vmprobe-hit nonce={st.nonce} handler=pre "
         try:
             self.m.console.expect(pattern, opt.hit_timeout, since=mark, error=CommandTimeout,
@@ -314,7 +295,7 @@ class ProbeCheck(CheckLifecycle):
             count = now
         return count
 
-    def _registers_at_hit(self) -> None:
+    def _registers_at_hit(self, follow: list[int] = ()) -> Hit:
         r, st, p = self.report, self.run_state, self.m.profile
         trigger = self.opt.trigger or DEFAULT_TRIGGER
         # The command is started first and told to go once the breakpoint is
@@ -325,13 +306,14 @@ class ProbeCheck(CheckLifecycle):
         layout, no_layout = task_layout_or_reason(self.m)
         hit = first_hit(self.gdb, st.address, [p.pc_register, p.flags_register],
                         go=lambda: channel.sendall(b"go\n"), layout=layout, no_layout=no_layout,
-                        then=st.then or None)
+                        follow=follow, argument_register=p.argument_register)
         self.m.ssh.wait(channel, trigger, 60)
         pc, flags = hit.registers[p.pc_register], hit.registers[p.flags_register]
         r.registers_at_hit = {"pc": f"{pc:#x}", "flags": f"{flags:#x}",
                               "names": [p.pc_register, p.flags_register], **hit.to_dict()}
         r.check("pc at the hit is the probe address", pc == st.address, f"{p.pc_register}={pc:#x}"
                 + (f" (hit by {hit.task.comm} pid {hit.task.pid})" if hit.task else ""))
+        return hit
 
     def _sysrq(self) -> None:
         sysrq_three_ways(self.m, self.report)

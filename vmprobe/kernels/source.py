@@ -37,7 +37,6 @@ class Source:
 def debian_source(series: str, log) -> Source:
     """``debian-source:<series>``: linux-source-<series> from the suite that ships it."""
     from vmprobe.kernels.catalog import load_catalog
-    from vmprobe.kernels.debian import DebianProvider, verified_deb
 
     catalog = load_catalog()
     suites = [s for s in catalog.suites.values() if s.series == series]
@@ -49,12 +48,38 @@ def debian_source(series: str, log) -> Source:
         raise ConfigError(f"debian-source:{series} needs {suite.toolchain.cc} from {suite.name}; "
                           f"building it in a {suite.name} chroot is not supported yet")
     arch = next(iter(suite.flavours.values())).arch
-    provider = DebianProvider(catalog)
-    apt = provider.apt(suite, arch)
+    deb, stanza = fetch_linux_source(suite, arch, None, log)
+    package, version = stanza["Package"], stanza["Version"]
+    sha = stanza.get("SHA256") or cache.sha256_file(deb)
+
+    def unpack(dest: Path) -> None:
+        tarball = f"./usr/src/linux-source-{series}.tar.xz"
+        cmd = (f"dpkg-deb --fsys-tarfile {quote(deb)} | tar -xO {quote(tarball)} "
+               f"| tar -xJ -C {quote(dest)} --strip-components=1")
+        run_step(["bash", "-eo", "pipefail", "-c", cmd], cwd=dest,
+             what=f"unpacking {deb.name}", timeout=STEP_TIMEOUT)
+
+    return Source(label=f"debian-source:{series} ({package} {version})",
+                  identity=f"debian-source:{package}={version}:{sha}", unpack=unpack,
+                  cc=suite.toolchain.cc, suite=suite.name, version=version)
+
+
+def fetch_linux_source(suite, arch: str, prefer: str | None, log) -> tuple[Path, dict]:
+    """Debian's ``linux-source-<series>`` .deb for ``suite`` (version ``prefer`` if the archive
+    has it, else the newest), fetched through the private apt state, checked against the
+    archive's sha256 and cached."""
     from vmprobe.config import settings
+    from vmprobe.kernels.catalog import load_catalog
+    from vmprobe.kernels.debian import DebianProvider, verified_deb
+
+    provider = DebianProvider(load_catalog())
+    apt = provider.apt(suite, arch)
     apt.update(settings().apt_refresh_hours)
-    package = f"linux-source-{series}"
-    stanza = provider._newest(apt, package)
+    package = f"linux-source-{suite.series}"
+    have = {s["Version"] for s in apt.show(package)}
+    if prefer and prefer not in have:
+        log(f"vmprobe: {package} {prefer} is no longer in the archive; using the newest of the series")
+    stanza = provider._newest(apt, package, prefer if prefer in have else None)
     version = stanza["Version"]
     deb = cache_dir("sources") / f"{package}_{version}_all.deb"
     if not deb.exists():
@@ -68,18 +93,7 @@ def debian_source(series: str, log) -> Source:
                     os.rename(got, tmp.parent / (tmp.name + ".deb"))
                     shutil.rmtree(tmp)
                     os.rename(tmp.parent / (tmp.name + ".deb"), tmp)
-    sha = stanza.get("SHA256") or cache.sha256_file(deb)
-
-    def unpack(dest: Path) -> None:
-        tarball = f"./usr/src/linux-source-{series}.tar.xz"
-        cmd = (f"dpkg-deb --fsys-tarfile {quote(deb)} | tar -xO {quote(tarball)} "
-               f"| tar -xJ -C {quote(dest)} --strip-components=1")
-        run_step(["bash", "-eo", "pipefail", "-c", cmd], cwd=dest,
-             what=f"unpacking {deb.name}", timeout=STEP_TIMEOUT)
-
-    return Source(label=f"debian-source:{series} ({package} {version})",
-                  identity=f"debian-source:{package}={version}:{sha}", unpack=unpack,
-                  cc=suite.toolchain.cc, suite=suite.name, version=version)
+    return deb, stanza
 
 
 def dir_source(path: Path) -> Source:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmprobe.arch import ArchProfile
+from vmprobe.check.loading import load_once
 from vmprobe.errors import ConfigError, GdbError, ModuleLoadError
 from vmprobe.formats.elf import section_names
 from vmprobe.host.processes import die_with_parent
@@ -364,11 +365,9 @@ def fetch_vmlinux_dbg(kernel, log=None) -> Path:
 # the command
 
 def load_module(machine: Machine, module: Module, params: str = "") -> None:
-    remote = f"/tmp/{module.path.name}"
-    machine.upload(module.path, remote)
-    res = machine.run(f"insmod {remote} {params}".strip(), 60)
-    if res.status != 0:
-        raise ModuleLoadError(f"insmod {module.path.name} failed: {res.output.strip()}",
+    load = load_once(machine, module.path, params)
+    if not load.ok:
+        raise ModuleLoadError(f"loading {module.path.name} failed: {load.said()}",
                               detail=machine.console.tail(15))
 
 

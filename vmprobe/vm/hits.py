@@ -35,17 +35,43 @@ class Hit:
     task_error: str | None = None       # why there is no task
     other_stops: list[str] = field(default_factory=list)  # stops that were not the breakpoint
     seconds: float = 0.0                # breakpoint set → hit
-    then: str | None = None             # the function (of ``first_hit(then=…)``) entered next
-    then_error: str | None = None
+    follow: "FollowUp | None" = None    # the next stop at a ``follow`` address in the same task
 
     def to_dict(self) -> dict:
         return {"reason": self.stop.reason, "thread": self.stop.thread,
                 "task": self.task.to_dict() if self.task else None,
                 **({"task_error": self.task_error} if self.task_error else {}),
                 **({"other_stops": self.other_stops} if self.other_stops else {}),
-                **({"then": self.then} if self.then else {}),
-                **({"then_error": self.then_error} if self.then_error else {}),
                 "seconds": round(self.seconds, 3)}
+
+
+@dataclass
+class FollowUp:
+    """Where the task that hit went next among the ``follow`` addresses (e.g. the probe's
+    handler: the handler call that this very stop caused), read while stopped there."""
+    address: int | None             # None: no stop there within the timeout (the probe did not fire)
+    thread: str | None
+    task: Task | None
+    same_task: bool | None          # None: no task info, matched by vCPU (gdb thread) only
+    argument: int | None            # the first argument register there
+    other_stops: list[str] = field(default_factory=list)   # other tasks' stops there, skipped
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"address": f"{self.address:#x}" if self.address is not None else None, "thread": self.thread,
+                "task": self.task.to_dict() if self.task else None, "same_task": self.same_task,
+                "argument": f"{self.argument:#x}" if self.argument is not None else None,
+                **({"other_stops": self.other_stops} if self.other_stops else {}),
+                "seconds": round(self.seconds, 3)}
+
+
+@dataclass
+class HitCount:
+    """Executions of each address counted by hardware breakpoints while some work ran."""
+    counts: dict[int, int]
+    capped: bool                    # counting stopped at the cap: the counts are lower bounds
+    seconds: float
+    other_stops: list[str] = field(default_factory=list)
 
 
 def task_layout_or_reason(machine) -> tuple[TaskLayout | None, str | None]:
@@ -87,14 +113,16 @@ def _is_ours(stop: Stop, number: str, address: int) -> bool:
 
 def first_hit(gdb: Gdb, address: int, registers: list[str], *, go: Callable[[], None] | None = None,
               timeout: float = 20, layout: TaskLayout | None = None,
-              no_layout: str | None = None, then: dict[int, str] | None = None) -> Hit:
+              no_layout: str | None = None, follow: list[int] = (), argument_register: str = "",
+              follow_timeout: float = 5) -> Hit:
     """Break at ``address`` (hardware breakpoint), return the first hit by any task.
 
     ``registers`` are read at the hit; the current task too when ``layout`` is
-    given (else the report says ``no_layout``). ``then`` (address → name): after
-    the hit, which of these functions the guest enters next (a probe's handler:
-    proof that the probe fired at that stop). After it, whatever happened, the
-    breakpoints are deleted and the guest runs.
+    given (else the report says ``no_layout``). With ``follow`` (e.g. the probe's
+    handler), the site's breakpoint is then swapped for breakpoints there and the
+    guest resumed until the same task stops at one of them (``Hit.follow``; its address is
+    None if none came within ``follow_timeout``).
+    After it, whatever happened, the breakpoints are deleted and the guest runs.
     """
     gdb.interrupt()
     number = gdb.command(f"-break-insert -h *{address:#x}")["payload"]["bkpt"]["number"]
@@ -118,50 +146,125 @@ def first_hit(gdb: Gdb, address: int, registers: list[str], *, go: Callable[[], 
             if _is_ours(stop, number, address):
                 break
             # not our breakpoint (e.g. a signal): note it and let the guest go on
-            others.append(f"{stop.reason or 'stop'} at {stop.address:#x}" if stop.address
-                          else f"{stop.reason or 'stop'}")
+            others.append(_describe(stop))
             since = gdb.cont()
         seconds = time.monotonic() - t0
-        extra = [layout.base_register] if layout and layout.base_register not in registers else []
-        regs = gdb.registers([*registers, *extra])
-        task, task_error = None, no_layout
-        if layout is not None:
-            try:
-                task = current_task(gdb, layout, regs[layout.base_register])
-            except (NoTaskInfo, GdbError) as exc:
-                task_error = f"cannot read the current task: {exc}"
+        regs, task, task_error = _registers_and_task(gdb, registers, layout, no_layout)
         hit = Hit(stop, {n: regs[n] for n in registers}, task, task_error, others, seconds)
-        if then:
-            _next_of(gdb, hit, then, numbers, timeout)
+        if follow:
+            hit.follow = _follow(gdb, hit, numbers, list(follow), layout, argument_register, follow_timeout)
         return hit
     finally:
-        _remove_and_resume(gdb, " ".join(numbers))
+        _remove_and_resume(gdb, numbers)
 
 
-def _next_of(gdb: Gdb, hit: Hit, then: dict[int, str], numbers: list[str], timeout: float) -> None:
-    """From the stop of ``hit``: resume with breakpoints on ``then`` only, note which is entered."""
+def _describe(stop: Stop) -> str:
+    return f"{stop.reason or 'stop'} at {stop.address:#x}" if stop.address else f"{stop.reason or 'stop'}"
+
+
+def _registers_and_task(gdb: Gdb, registers: list[str], layout: TaskLayout | None, no_layout: str | None):
+    extra = [layout.base_register] if layout and layout.base_register not in registers else []
+    regs = gdb.registers([*registers, *extra])
+    task, task_error = None, no_layout
+    if layout is not None:
+        try:
+            task = current_task(gdb, layout, regs[layout.base_register])
+        except (NoTaskInfo, GdbError) as exc:
+            task_error = f"cannot read the current task: {exc}"
+    return regs, task, task_error
+
+
+def _follow(gdb: Gdb, hit: Hit, numbers: list[str], follow: list[int], layout: TaskLayout | None,
+            argument_register: str, timeout: float) -> FollowUp:
+    """With the guest stopped at ``hit``: break at ``follow`` instead, resume, and return the
+    first stop there by the same task (by the same vCPU when tasks cannot be read)."""
     gdb.command(f"-break-delete {numbers.pop()}")
-    for address in then:
-        numbers.append(gdb.command(f"-break-insert -h *{address:#x}")["payload"]["bkpt"]["number"])
-    since = gdb.cont()
+    ours = {}
+    for a in follow:
+        n = gdb.command(f"-break-insert -h *{a:#x}")["payload"]["bkpt"]["number"]
+        numbers.append(n)
+        ours[n] = a
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    others: list[str] = []
+    where = ", ".join(f"{a:#x}" for a in follow)
+    what = f"the task that hit to reach {where}"
+    while True:
+        since = gdb.cont()
+        try:
+            stop = gdb.wait_stopped(max(0.0, deadline - time.monotonic()), what, since=since)
+        except GdbError:
+            if gdb.state is not State.RUNNING:
+                raise
+            return FollowUp(None, None, None, None, None, others, time.monotonic() - t0)
+        address = ours.get(stop.bkptno) or (stop.address if stop.address in follow else None)
+        if address is None:
+            others.append(_describe(stop))
+            continue
+        names = [argument_register] if argument_register else []
+        regs, task, _ = _registers_and_task(gdb, names, layout, None)
+        if task is not None and hit.task is not None:
+            same = task.address == hit.task.address
+        else:
+            same = None if stop.thread == hit.stop.thread else False
+        if same is False:
+            by = f"{task.comm} pid {task.pid}" if task else f"thread {stop.thread}"
+            others.append(f"{address:#x} by {by}")
+            continue
+        return FollowUp(address, stop.thread, task, same, regs.get(argument_register) if names else None,
+                        others, time.monotonic() - t0)
+
+
+def count_hits(gdb: Gdb, addresses: list[int], *, start: Callable[[], None],
+               finished: Callable[[], bool] | None, cap: int = 100, timeout: float = 60,
+               quiet: float = 3.0) -> HitCount:
+    """Count executions of ``addresses`` (hardware breakpoints: the guest stops at each one and
+    is resumed) while the work ``start()`` begins runs, until ``finished()`` (without it: until
+    no stop came for ``quiet`` seconds), or ``cap`` hits in all (each stop costs tens of ms of
+    guest time under TCG). Then the breakpoints go."""
+    gdb.interrupt()
+    ours = {gdb.command(f"-break-insert -h *{a:#x}")["payload"]["bkpt"]["number"]: a for a in addresses}
+    counts = {a: 0 for a in addresses}
+    others: list[str] = []
+    t0 = time.monotonic()
+    capped = False
     try:
-        stop = gdb.wait_stopped(timeout, f"a call into {', '.join(then.values())}", since=since)
-    except GdbError as exc:
-        if gdb.state is not State.RUNNING:
-            raise
-        hit.then_error = str(exc)
-        return
-    hit.then = then.get(stop.address) if stop.address is not None else None
-    if hit.then is None:
-        hit.then_error = f"stopped at {stop.address:#x} ({stop.reason})" if stop.address else str(stop.reason)
+        since = gdb.cont()
+        start()
+        last = time.monotonic()
+        while True:
+            try:
+                stop = gdb.wait_stopped(0.2, "a breakpoint to count", since=since)
+            except GdbError:
+                if gdb.state is not State.RUNNING:
+                    raise
+                if finished() if finished else time.monotonic() - last >= quiet:
+                    break
+                if time.monotonic() - t0 > timeout:
+                    raise GdbError(f"the work being counted did not finish within {timeout:g}s") from None
+                continue
+            address = ours.get(stop.bkptno) or (stop.address if stop.address in counts else None)
+            if address is None:
+                others.append(_describe(stop))
+            else:
+                counts[address] += 1
+                if sum(counts.values()) >= cap:
+                    capped = True
+                    break
+            last = time.monotonic()
+            since = gdb.cont()
+        return HitCount(counts, capped, time.monotonic() - t0, others)
+    finally:
+        _remove_and_resume(gdb, list(ours))
 
 
-def _remove_and_resume(gdb: Gdb, number: str) -> None:
-    """Delete breakpoint ``number`` and leave the guest running (raises if either failed)."""
+def _remove_and_resume(gdb: Gdb, numbers: list[str]) -> None:
+    """Delete the breakpoints ``numbers`` and leave the guest running (raises if either failed)."""
     problem = None
     try:
         gdb.interrupt()
-        gdb.command(f"-break-delete {number}")
+        for number in numbers:
+            gdb.command(f"-break-delete {number}")
     except GdbError as exc:
         problem = exc
     if gdb.sync() is State.STOPPED:
@@ -170,4 +273,4 @@ def _remove_and_resume(gdb: Gdb, number: str) -> None:
         raise problem
 
 
-__all__ = ["Hit", "first_hit", "task_layout_or_reason"]
+__all__ = ["FollowUp", "Hit", "HitCount", "count_hits", "first_hit", "task_layout_or_reason"]

@@ -98,7 +98,7 @@ def percpu_from_kallsyms(text: str, names=CURRENT_VARS) -> dict[str, int]:
     return found
 
 
-def _vmlinux_btf(kernel) -> bytes:
+def vmlinux_btf(kernel) -> bytes:
     image = kernel.image_path.read_bytes()
     if image[:2] == b"\x1f\x8b":     # arm64's vmlinuz may be a gzip'ed Image
         image = decompress(image, "gzip")
@@ -141,7 +141,7 @@ def task_layout(kernel, profile, kallsyms=None) -> TaskLayout:
     if profile.current_reader:
         layout = _layout_from_headers(kernel, profile)
     else:
-        data = _vmlinux_btf(kernel)
+        data = vmlinux_btf(kernel)
         try:
             layout = layout_from_btf(data, current_register=profile.current_register)
         except NoTaskInfo:

@@ -15,6 +15,7 @@ import time
 
 from vmprobe.arch import SITE_WINDOW
 from vmprobe.check.lifecycle import CheckLifecycle
+from vmprobe.check.loading import load_once
 from vmprobe.check.probe import FORK_SYMBOLS, fork_symbol, resolve_symbols
 from vmprobe.check.report import ProbeReport
 from vmprobe.check.scenarios import eras
@@ -25,7 +26,6 @@ from vmprobe.vm.gdb import Gdb
 from vmprobe.vm.machine import Machine
 
 SCENARIO_MODULES = TEMPLATES_DIR / "scenarios"
-GUEST_DIR = "/tmp"
 SLACK = 16   # the kernel may move a probe (IBT: sym+0 → sym+4)
 
 
@@ -96,12 +96,10 @@ class ScenarioCheck(CheckLifecycle):
         with self.phase("baseline"):
             before = self.gdb.read_memory(base, SITE_WINDOW + SLACK)
         with self.phase("insmod"):
-            remote = f"{GUEST_DIR}/{self.module.path.name}"
-            self.m.upload(self.module.path, remote)
             mark = self.m.console.mark()
-            res = self.m.run(f"insmod {remote} symbol={symbol} nonce={self.nonce} {params}".strip(), 60)
-            if res.status != 0:
-                raise ModuleLoadError(f"insmod {self.module.name} on {symbol} failed: {res.output.strip()}",
+            load = load_once(self.m, self.module.path, f"symbol={symbol} nonce={self.nonce} {params}")
+            if not load.ok:
+                raise ModuleLoadError(f"loading {self.module.name} on {symbol} failed: {load.said()}",
                                       detail=self.m.console.tail(15))
             self._loaded = True
             armed = self.m.console.expect(rf"vmprobe-armed nonce={self.nonce} .*?addr=([0-9a-f]+)[^\n]*", 15,

@@ -1,0 +1,66 @@
+"""Every module load in vmprobe: one ``finit_module`` call, never a retry.
+
+BusyBox ``insmod`` falls back to ``init_module`` when ``finit_module`` fails,
+so a module whose init fails ran its init twice (its lines printed twice,
+its side effects done twice). The probe check, the scenarios, the check of
+any module and ``vmprobe gdb`` all load through ``load_once``, which uploads
+vmprobe-insmod (modules/loader.py) and reads the errno it reports; each
+caller turns a failure into its own specific message.
+"""
+from __future__ import annotations
+
+import errno as errnos
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmprobe.errors import ModuleLoadError
+from vmprobe.modules.loader import loader_for
+
+LOADER = "/tmp/vmprobe-insmod"
+GUEST_DIR = "/tmp"
+_STATUS = re.compile(r"vmprobe-insmod: (finit_module|open)=(\d+)")
+
+
+@dataclass
+class Load:
+    """What the one load call did: ``errno`` 0 is success."""
+    module: str          # the .ko's file name
+    remote: str          # where it was copied in the guest
+    call: str            # the system call that answered: finit_module
+    errno: int
+    output: str
+
+    @property
+    def ok(self) -> bool:
+        return self.errno == 0
+
+    def said(self) -> str:
+        """``finit_module returned -EINVAL (Invalid argument)``."""
+        if self.ok:
+            return f"{self.call} returned 0"
+        name = errnos.errorcode.get(self.errno, str(self.errno))
+        return f"{self.call} returned -{name} ({os.strerror(self.errno)})"
+
+
+def parse_status(output: str) -> tuple[str, int]:
+    """The call and errno vmprobe-insmod printed."""
+    m = _STATUS.search(output)
+    if not m:
+        raise ModuleLoadError(f"vmprobe-insmod said nothing about the load: {output.strip()[:200]!r}")
+    return m[1], int(m[2])
+
+
+def load_once(machine, ko: Path, params: str = "", timeout: float = 60) -> Load:
+    """Copy ``ko`` in and load it with exactly one ``finit_module`` (``params`` as insmod takes them)."""
+    remote = f"{GUEST_DIR}/{ko.name}"
+    machine.upload(ko, remote)
+    machine.upload(loader_for(machine.profile), LOADER, mode=0o755)
+    quoted = params.strip().replace("'", "'\\''")
+    res = machine.run(f"{LOADER} {remote} '{quoted}'", timeout)
+    call, code = parse_status(res.output)
+    load = Load(ko.name, remote, call, code, res.output.strip())
+    if call == "open":   # the copy is not there: vmprobe's own failure, not the kernel's answer
+        raise ModuleLoadError(f"vmprobe-insmod could not open {remote} in the guest: {load.said()}")
+    return load
