@@ -18,6 +18,7 @@ import time
 from vmprobe.arch import SITE_WINDOW, Mechanism, agrees_with_flags
 from vmprobe.check import discovery, hits
 from vmprobe.check.discovery import Handlers
+from vmprobe.check.listing import DEBUGFS, KPROBES_LIST, Listing
 from vmprobe.check.refusals import RegistrationTracer, explain
 from vmprobe.errors import ModuleLoadError
 from vmprobe.formats.kprobes_list import ProbeRecord
@@ -59,6 +60,10 @@ class AnyModule:
     # -- the flow --------------------------------------------------------------
     def run(self) -> None:
         c, opt = self.c, self.opt
+        listing = Listing.find(self.m)
+        if listing.source != DEBUGFS:   # the built-in fork check proves a probe without it
+            raise ModuleLoadError(f"{listing.why}: a user's module's probes are found in {KPROBES_LIST} "
+                                  f"on {self.m.kernel.release} (the built-in fork check does without it)")
         with c.phase("resolve"):
             wanted = [opt.symbol] if opt.symbol else []
             candidates = self.image.symbol_candidates(opt.module_params)[:MAX_CANDIDATES]
