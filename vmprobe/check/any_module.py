@@ -62,8 +62,8 @@ class AnyModule:
         c, opt = self.c, self.opt
         listing = Listing.find(self.m)
         if listing.source != DEBUGFS:   # the built-in fork check proves a probe without it
-            raise ModuleLoadError(f"{listing.why}: a user's module's probes are found in {KPROBES_LIST} "
-                                  f"on {self.m.kernel.release} (the built-in fork check does without it)")
+            raise ModuleLoadError(f"no {KPROBES_LIST} on {self.m.kernel.release} ({listing.why}): a user's "
+                                  f"module's probes are discovered from it (the built-in fork check does without)")
         with c.phase("resolve"):
             wanted = [opt.symbol] if opt.symbol else []
             candidates = self.image.symbol_candidates(opt.module_params)[:MAX_CANDIDATES]

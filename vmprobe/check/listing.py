@@ -29,18 +29,18 @@ _OLD_KEY = re.compile(r"\b([a-z-]*kprobe[a-z-]*)\b", re.I)          # shoW-kprob
 
 
 def sysrq_kprobes_key(help_text: str) -> str | None:
-    """The key of a "show kprobes" SysRq entry in the kernel's SysRq help, if it has one."""
-    for line in help_text.splitlines():
-        if not _HELP.search(line):
-            continue
-        m = _MODERN_KEY.search(line)
-        if m:
-            return m[1]
-        m = _OLD_KEY.search(line.split("HELP", 1)[1])
-        capitals = re.findall(r"[A-Z]", m[1]) if m else []
-        if len(capitals) == 1:
-            return capitals[0].lower()
-    return None
+    """The key of a "show kprobes" SysRq entry in the kernel's SysRq help, if it has one
+    (the help from its HELP marker on: a console may break it into several lines)."""
+    marker = _HELP.search(help_text)
+    if not marker:
+        return None
+    rest = help_text[marker.end():]
+    m = _MODERN_KEY.search(rest)
+    if m:
+        return m[1]
+    m = _OLD_KEY.search(rest)
+    capitals = re.findall(r"[A-Z]", m[1]) if m else []
+    return capitals[0].lower() if len(capitals) == 1 else None
 
 
 @dataclass
@@ -64,7 +64,7 @@ class Listing:
                if "mounted" in said else
                "debugfs is not mounted" if "fs" in said else "the kernel has no debugfs (CONFIG_DEBUG_FS)")
         key = cls._sysrq_key(m)
-        return cls(m, SYSRQ if key else None, f"no {KPROBES_LIST}: {why}", key)
+        return cls(m, SYSRQ if key else None, why, key)
 
     @staticmethod
     def _sysrq_key(m: Machine) -> str | None:
@@ -94,4 +94,12 @@ class Listing:
 
     @property
     def name(self) -> str:
-        return {DEBUGFS: "kprobes/list", SYSRQ: f"the SysRq-{self.key} listing"}.get(self.source, "no listing")
+        return f"the SysRq-{self.key} listing" if self.source == SYSRQ else "kprobes/list"
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, **({"key": self.key} if self.key else {}),
+                **({"why_no_list": self.why} if self.why else {})}
+
+    def absent(self) -> str:
+        """Why there is no list, for a check that cannot use one."""
+        return f"no {KPROBES_LIST} ({self.why}) and no SysRq show-kprobes key"

@@ -140,7 +140,7 @@ class ProbeCheck:
         st.base = base
         with self.phase("listing"):
             self.listing = Listing.find(self.m)
-        r.probe["listing"] = {"source": self.listing.name, **({"why": self.listing.why} if self.listing.why else {})}
+        r.probe["listing"] = self.listing.to_dict()
         with self.phase("gdb-attach"):
             self.gdb = Gdb(self.m.profile.gdb_binary, arch=self.m.profile.gdb_arch)
             self.gdb.attach(self.m.gdb_socket)
@@ -172,7 +172,7 @@ class ProbeCheck:
         r.probe["list_line"] = record.to_dict() if record else None
         r.check(f"listed in {self.listing.name}", record is not None if listed else None,
                 ("" if record else f"no entry at {st.address:#x} in {self.listing.name}") if listed
-                else f"{self.listing.why}: the proof is the bytes and the handler hits")
+                else f"{self.listing.absent()}: the proof is the bytes and the handler hits")
         with self.phase("armed-bytes"):
             armed, site = self._wait_armed(baseline, record)
         r.probe["mechanism"] = site.mechanism

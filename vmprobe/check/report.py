@@ -119,8 +119,8 @@ class ProbeReport:
             for side, what in self.scenario.get("evidence", {}).items():
                 lines.append(f"  evidence  {side}: {what}")
         if self.evidence or p.get("listing"):
-            why = (p.get("listing") or {}).get("why")
-            lines.append(f"  evidence  {', '.join(self.evidence) or 'none'}" + (f"  ({why})" if why else ""))
+            why = (p.get("listing") or {}).get("why_no_list")
+            lines.append(f"  evidence  {', '.join(self.evidence) or 'none'}" + (f"  (no kprobes/list: {why})" if why else ""))
         if self.probes:
             lines.append(f"  probes    {len(self.probes)} registered by {self.probe.get('module')}")
             for e in self.probes:
