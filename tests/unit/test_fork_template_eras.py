@@ -2,9 +2,10 @@
 template's LINUX_VERSION_CODE branches, preprocessed with a fake version at each boundary.
 
 There is no 2.6 tree here to compile against (the registries serve none): the 2.6 branch is
-checked by the preprocessor only — which field names, which function and which kprobe members
-it uses — and the modern branches are compiled for real against Debian's headers in
-tests/vm/test_fork_template_build.py.
+checked by the preprocessor — which field names, which function and which kprobe members it
+uses — and type-checked (gcc -fsyntax-only -Werror) against a transcription of the 2.6.11 API
+it uses (data/linux-2.6.11-api.h), which is not a build. The modern branches are compiled for
+real against Debian's headers in tests/vm/test_fork_template_build.py.
 """
 from __future__ import annotations
 
@@ -12,12 +13,15 @@ import functools
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from vmprobe.arch.eras import PROBE_ERAS, era_fork_symbol, kernel_version, passes_address, probe_eras
 from vmprobe.check.symbols import fork_symbol
 from vmprobe.modules import FORK_PROBE
+
+API_2_6_11 = Path(__file__).parent / "data" / "linux-2.6.11-api.h"
 
 CPP_ARCH = {"x86_64": "__x86_64__", "i386": "__i386__", "arm64": "__aarch64__"}
 
@@ -130,3 +134,24 @@ def test_symbol_name_only_where_the_struct_has_it():
     # every kernel the tool passes no address to can find the site by name
     row = next(e for e in PROBE_ERAS if e.pass_address)
     assert kernel_version("2.6.19") < row.until
+
+
+def test_the_2_6_11_branch_type_checks_against_2_6_11_declarations(tmp_path):
+    """Every name and field the 2.6 branch uses exists in 2.6.11's API, with its types
+    (e.g. a bool parameter that is not an int, or kp.symbol_name, would fail here)."""
+    gcc = shutil.which("gcc") or pytest.skip("no gcc on this host")
+    body = "\n".join(line for line in FORK_PROBE.read_text().splitlines() if not line.startswith("#include"))
+    src = tmp_path / "vmprobe_fork_2_6_11.c"
+    src.write_text("#define KERNEL_VERSION(a, b, c) (((a) << 16) + ((b) << 8) + (c))\n"
+                   "#define LINUX_VERSION_CODE KERNEL_VERSION(2, 6, 11)\n"
+                   f'#include "{API_2_6_11}"\n' + body)
+    res = subprocess.run([gcc, "-fsyntax-only", "-std=gnu89", "-Wall", "-Werror", "-Wno-unused-function",
+                          "-Wno-unused-variable", "-ffreestanding", str(src)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    # and the same declarations refuse what only later kernels have
+    later = src.read_text().replace("KERNEL_VERSION(2, 6, 11)\n", "KERNEL_VERSION(5, 10, 0)\n", 1)
+    src.write_text(later)
+    res = subprocess.run([gcc, "-fsyntax-only", "-std=gnu89", "-ffreestanding", str(src)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0 and "symbol_name" in res.stderr, res.stderr
