@@ -8,6 +8,7 @@ import contextlib
 import pytest
 
 from vmprobe.check.probe import ProbeOptions, run_probe_check
+from vmprobe.errors import ModuleLoadError
 
 DEBUG = "/sys/kernel/debug"
 
@@ -78,3 +79,12 @@ def test_fails_when_the_probe_never_arms(vm, fork_module):
     assert d["bytes"]["armed"] == d["bytes"]["before"] and d["hits"] == 0
     assert d["evidence"] == []
     assert vm.run(f"cat {DEBUG}/kprobes/list").stdout.strip() == ""
+
+
+def test_a_users_module_is_refused_with_the_reason(vm, fork_module):
+    """A user's module's probes are discovered from the list: without it the check says why."""
+    with without_debugfs(vm), pytest.raises(ModuleLoadError, match=(
+            r"no /sys/kernel/debug/kprobes/list on \S+ \(debugfs is not mounted\): a user's module's "
+            r"probes are discovered from it")):
+        run_probe_check(vm, fork_module, ProbeOptions(builtin_template=False, offset=None))
+    assert fork_module.name not in vm.run("cat /proc/modules").stdout
