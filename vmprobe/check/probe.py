@@ -302,6 +302,7 @@ class ProbeCheck:
         except CommandTimeout:
             pass
         r.hits = self._settled_count(pattern, mark)
+        r.hits_counter = "module-lines"   # the module's nonce lines: no tracefs or debugfs needed
         post = self.m.console.count(rf"vmprobe-hit nonce={st.nonce} handler=post ", since=mark)
         r.probe["post_hits"] = post
         detail = f"{r.hits} pre-handler lines"
