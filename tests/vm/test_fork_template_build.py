@@ -1,11 +1,13 @@
 """The fork probe template compiled for real against each kernel's headers (run with
 --vmprobe-kernel debian:bullseye, debian:bookworm, debian:trixie): it builds without a warning
-from the template, and carries the parameters the tool passes on every era (addr included)."""
+from the template, and carries the parameters the tool passes on every era (addr included);
+and the old kernels' way to the site (addr= from kallsyms) taken on a modern guest."""
 from __future__ import annotations
 
 import re
 
 from vmprobe.arch.eras import era_fork_symbol
+from vmprobe.check import probe
 from vmprobe.formats.elf import modinfo, read_module
 
 
@@ -25,3 +27,19 @@ def test_template_default_is_the_eras_fork_function(kernel, fork_module):
     data = fork_module.path.read_bytes()
     expected = era_fork_symbol(kernel.release)
     assert expected and re.search(rb"\x00" + expected.encode() + rb"\x00", data), expected
+
+
+def test_site_by_address_as_on_old_kernels(vm, fork_module, monkeypatch):
+    """The path old kernels take (< 2.6.33: the check passes addr= from /proc/kallsyms and the
+    module arms addr + offset, no symbol_name), taken on this kernel: the probe lands where the
+    symbol would have put it and the check passes."""
+    monkeypatch.setattr(probe, "passes_address", lambda release: True)
+    report = probe.run_probe_check(vm, fork_module, probe.ProbeOptions(offset="after-entry", sysrq=False,
+                                                                       registers=False))
+    d = report.to_dict()
+    assert d["verdict"] == "pass", report.summary()
+    base = int(d["probe"]["addr_param"], 16)
+    assert base + d["probe"]["offset"] == int(d["probe"]["requested_address"], 16)
+    line = d["probe"]["list_line"]
+    assert (line["symbol"], line["offset"]) == (d["probe"]["symbol"], d["probe"]["offset"] + d["probe"]["moved_by"])
+    assert d["evidence"] == ["kprobes/list", "bytes", "hits"]
