@@ -90,6 +90,25 @@ def test_probe_check_on_the_built_kernel(built, no_leaks, accel):
     assert report.to_dict()["sysrq"] == {"proc": True, "send_key": True, "serial_break": True}
 
 
+def test_probe_check_without_debugfs_uses_the_sysrq_listing(built, no_leaks, accel):
+    """No kprobes/list (debugfs unmounted): the check finds SysRq-K in the kernel's SysRq help and
+    proves the probe by that listing (before and after rmmod), the bytes and the hits."""
+    fork = modules.build(modules.FORK_PROBE, built)[0]
+    with Machine(built, accel=accel) as vm:
+        assert vm.run("umount /sys/kernel/debug").status == 0
+        report = run_probe_check(vm, fork, ProbeOptions(offset="after-entry", post_handler=True, sysrq=False))
+    print(report.summary())
+    d = report.to_dict()
+    assert d["verdict"] == "pass", report.summary()
+    assert d["evidence"] == ["sysrq-listing", "bytes", "hits"]
+    assert d["probe"]["listing"] == {"source": "sysrq-listing", "key": "K", "why_no_list": "debugfs is not mounted"}
+    checks = {c["name"]: c["ok"] for c in d["checks"]}
+    assert checks["listed in the SysRq-K listing"] and checks["gone from the SysRq-K listing after rmmod"]
+    line = d["probe"]["list_line"]
+    assert int(line["address"], 16) == int(d["probe"]["address"], 16) and line["symbol"] == "kernel_clone"
+    assert line["handler"].startswith("handler_pre") and line["handler_module"] == "vmprobe_fork"
+
+
 def test_cli_prints_the_spec_of_the_cached_build(built, vmprobe_cli):
     res = vmprobe_cli("kernels", "build", "--source", "debian-source:6.1", "--patch", str(PATCH))
     assert res.returncode == 0, res.stderr

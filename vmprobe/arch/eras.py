@@ -148,3 +148,56 @@ def diagnose_boot(console: str, profile: ArchProfile, release: str) -> str:
             return cause
     return ("the kernel was still booting when the time ran out: a loaded TCG host needs a longer "
             "--boot-timeout (--verbose shows how far it gets)")
+
+
+# ---------------------------------------------------------------------------
+# The kprobe API by era: what the fork probe (modules/templates/vmprobe_fork.c)
+# probes and what the tool passes it. The template follows the same boundaries
+# with LINUX_VERSION_CODE conditionals (tests/unit/test_fork_template_eras.py
+# preprocesses it at each one).
+
+@dataclass(frozen=True)
+class ProbeEra:
+    name: str
+    why: str
+    until: tuple[int, ...] | None = None
+    since: tuple[int, ...] | None = None
+    fork_symbol: str | None = None    # the kernel's central fork function in this range
+    pass_address: bool = False        # the tool passes the function's address (addr=) to the module
+
+    def covers(self, version: tuple[int, ...]) -> bool:
+        return ((self.until is None or version < self.until)
+                and (self.since is None or version >= self.since))
+
+
+PROBE_ERAS: tuple[ProbeEra, ...] = (
+    ProbeEra("do_fork", until=(4, 2), fork_symbol="do_fork",
+             why="the article's fork function (2.6.8: do_fork, measured on 2.6.11's kallsyms too)"),
+    ProbeEra("_do_fork", since=(4, 2), until=(5, 10), fork_symbol="_do_fork",
+             why="renamed _do_fork in 4.2 when clone got its TLS argument in C"),
+    ProbeEra("kernel_clone", since=(5, 10), fork_symbol="kernel_clone",
+             why="renamed kernel_clone in 5.10 (cad6967ac108)"),
+    ProbeEra("address-parameter", until=(2, 6, 33), pass_address=True,
+             why="kallsyms_lookup_name is not exported before 2.6.33 (2.6.11 refuses the article's "
+                 "module: 'Unknown symbol kallsyms_lookup_name') and struct kprobe has no symbol_name "
+                 "before 2.6.19: the tool reads the address from /proc/kallsyms and passes addr="),
+    ProbeEra("pt_regs-register-names", until=(2, 6, 25),
+             why="x86 pt_regs fields had the registers' names (rip/eip, eflags) until the 2.6.25 "
+                 "unification (ip, flags)"),
+    ProbeEra("fault-handler", until=(5, 14),
+             why="struct kprobe has a fault_handler until 5.14 (ec6aba3d2be1)"),
+)
+
+
+def probe_eras(release: str) -> tuple[ProbeEra, ...]:
+    """The rows that apply to a kernel (none if its version cannot be read)."""
+    version = kernel_version(release)
+    return () if version is None else tuple(e for e in PROBE_ERAS if e.covers(version))
+
+
+def era_fork_symbol(release: str) -> str | None:
+    return next((e.fork_symbol for e in probe_eras(release) if e.fork_symbol), None)
+
+
+def passes_address(release: str) -> bool:
+    return any(e.pass_address for e in probe_eras(release))

@@ -21,6 +21,7 @@ import time
 from vmprobe.arch import SITE_WINDOW, Mechanism, agrees_with_flags
 from vmprobe.check import discovery, fprobes, hits
 from vmprobe.check.discovery import Handlers
+from vmprobe.check.listing import DEBUGFS, KPROBES_LIST, Listing
 from vmprobe.check.loading import load_once
 from vmprobe.check.refusals import RegistrationTracer, explain
 from vmprobe.errors import ModuleLoadError
@@ -66,6 +67,10 @@ class AnyModule:
     # -- the flow --------------------------------------------------------------
     def run(self) -> None:
         c, opt = self.c, self.opt
+        listing = Listing.find(self.m)
+        if listing.source != DEBUGFS:   # the built-in fork check proves a probe without it
+            raise ModuleLoadError(f"no {KPROBES_LIST} on {self.m.kernel.release} ({listing.why}): a user's "
+                                  f"module's probes are discovered from it (the built-in fork check does without)")
         with c.phase("resolve"):
             wanted = [opt.symbol] if opt.symbol else []
             candidates = self.image.symbol_candidates(opt.module_params)[:MAX_CANDIDATES]

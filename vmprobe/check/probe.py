@@ -6,25 +6,30 @@ settle → read the armed bytes and name the mechanism → trigger and count the
 handler's lines → stop at the site with a hardware breakpoint and read the
 registers → SysRq through /proc and through the keyboard → rmmod → the bytes
 are back. Every step is timed and every wait is bounded.
+
+Without debugfs ``kprobes/list`` (2.6 before it, no debugfs, not mounted) the
+listing is the SysRq "show kprobes" key if the kernel has one, else none: the
+proof is then the bytes and the hits (``evidence`` in the report, check/listing.py).
 """
 from __future__ import annotations
 
 import contextlib
-import errno
-import os
 import re
 import secrets
 import time
 from dataclasses import dataclass, field
 
 from vmprobe.arch import SITE_WINDOW, Mechanism, agrees_with_flags
+from vmprobe.arch.eras import passes_address
 from vmprobe.check.any_module import run_any_module
 from vmprobe.check.lifecycle import CheckLifecycle
+from vmprobe.check.listing import DEBUGFS, KPROBES_LIST, Listing
 from vmprobe.check.loading import Load, load_once
+from vmprobe.check.refusals import blacklisted, explain_template
 from vmprobe.check.report import ProbeReport
 from vmprobe.check.symbols import FORK_SYMBOLS, fork_symbol, resolve_symbols
 from vmprobe.check.sysrq import sysrq_three_ways
-from vmprobe.errors import CommandTimeout, ModuleLoadError, ProbeSiteError, VmprobeError
+from vmprobe.errors import CommandTimeout, ModuleLoadError, ProbeSiteError
 from vmprobe.formats.kprobes_list import ProbeRecord, parse_debugfs_list
 from vmprobe.modules import Module
 from vmprobe.vm.gdb import Gdb
@@ -33,7 +38,6 @@ from vmprobe.vm.machine import Machine
 
 AFTER_ENTRY = "after-entry"
 DEFAULT_TRIGGER = "for i in 1 2 3 4 5; do /bin/true; done"
-KPROBES_LIST = "/sys/kernel/debug/kprobes/list"
 #: Extra bytes read before arming, for a kernel that moves the probe (IBT: sym+0 → sym+4).
 SLACK = 16
 
@@ -57,6 +61,7 @@ class ProbeOptions:
 class _Run:
     nonce: str = field(default_factory=lambda: secrets.token_hex(6))
     address: int = 0          # where the probe really is
+    base: int = 0             # the function's address (kallsyms), passed as addr= on old kernels
     requested: int = 0        # sym + offset as asked
     baseline: bytes = b""     # read at `requested`, SITE_WINDOW + SLACK bytes
 
@@ -74,6 +79,7 @@ class ProbeCheck(CheckLifecycle):
         self.run_state = _Run()
         self.gdb: Gdb | None = None
         self._loaded = False
+        self.listing: Listing | None = None
         # the offset in bytes ("after-entry" is decided from the function's first bytes)
         self.offset = options.offset if isinstance(options.offset, int) else 0
 
@@ -85,7 +91,7 @@ class ProbeCheck(CheckLifecycle):
         return parse_debugfs_list(self.m.run(f"cat {KPROBES_LIST}", 15).stdout)
 
     def _record(self) -> ProbeRecord | None:
-        return next((r for r in self._list() if r.address == self.run_state.address), None)
+        return self.listing.record(self.run_state.address) if self.listing else None
 
     def _read_site(self) -> bytes:
         return self.gdb.read_memory(self.run_state.address, SITE_WINDOW)
@@ -113,6 +119,10 @@ class ProbeCheck(CheckLifecycle):
             with self.phase("insmod"):
                 self._insmod(symbol)
             raise ModuleLoadError(f"symbol {symbol} not found in kernel {self.m.kernel.release}")
+        st.base = base
+        with self.phase("listing"):
+            self.listing = Listing.find(self.m)
+        r.probe["listing"] = self.listing.to_dict()
         with self.phase("gdb-attach"):
             self.gdb = Gdb(self.m.profile.gdb_binary, arch=self.m.profile.gdb_arch)
             self.gdb.attach(self.m.gdb_socket)
@@ -139,10 +149,12 @@ class ProbeCheck(CheckLifecycle):
                     f"(to {symbol}+{self.offset + moved}; IBT ENDBR skipped)")
         with self.phase("settle"):
             record = self._settle()
-        r.probe["list_flags"] = record.flags if record else None
+        listed = self.listing.source is not None
+        r.probe["list_flags"] = record.flags if record and self.listing.source == DEBUGFS else None
         r.probe["list_line"] = record.to_dict() if record else None
-        r.check("listed in kprobes/list", record is not None,
-                "" if record else f"no entry at {st.address:#x} in {KPROBES_LIST}")
+        r.check(f"listed in {self.listing.name}", record is not None if listed else None,
+                ("" if record else f"no entry at {st.address:#x} in {self.listing.name}") if listed
+                else f"{self.listing.absent()}: the proof is the bytes and the handler hits")
         with self.phase("armed-bytes"):
             armed, site = self._wait_armed(baseline, record)
         r.probe["mechanism"] = site.mechanism
@@ -150,7 +162,7 @@ class ProbeCheck(CheckLifecycle):
         r.bytes = {"before": baseline.hex(), "armed": armed.hex()}
         r.check("site armed", site.mechanism.armed,
                 f"bytes {armed[:8].hex(' ')} → {site.mechanism}")
-        if record:
+        if record and self.listing.source == DEBUGFS:
             r.check("bytes agree with list flags", agrees_with_flags(site.mechanism, record.flags),
                     f"{site.mechanism} vs {record.flags or '[]'}")
         with self.phase("trigger"):
@@ -168,12 +180,18 @@ class ProbeCheck(CheckLifecycle):
         r.bytes["after"] = after.hex()
         r.check("bytes restored after rmmod", after == baseline,
                 "" if after == baseline else f"before {baseline[:8].hex(' ')} after {after[:8].hex(' ')}")
+        r.evidence = [e for e, ok in ((self.listing.source, record is not None), ("bytes", site.mechanism.armed),
+                                      ("hits", bool(r.hits))) if e and ok]
 
     # -- steps ---------------------------------------------------------------
     def _insmod(self, symbol: str) -> int:
         st, opt = self.run_state, self.opt
         params = (f"symbol={symbol} offset={self.offset} nonce={st.nonce} "
-                  f"post={1 if opt.post_handler else 0} {opt.module_params}")
+                  f"post={1 if opt.post_handler else 0}")
+        if st.base and passes_address(self.m.kernel.release):   # the module cannot find it by name
+            params += f" addr={st.base:#x}"
+            self.report.probe["addr_param"] = f"{st.base:#x}"
+        params = f"{params} {opt.module_params}".strip()
         mark = self.m.console.mark()
         load = load_once(self.m, self.module.path, params)
         if not load.ok:
@@ -185,35 +203,10 @@ class ProbeCheck(CheckLifecycle):
         return int(m[1], 16)
 
     def _explain_refusal(self, symbol: str, load: Load, mark: int) -> str:
-        k = self.m.kernel
-        code = None
-        with contextlib.suppress(VmprobeError):
-            m = self.m.console.expect(rf"vmprobe-error nonce={self.run_state.nonce} .*register_kprobe=(-?\d+)",
-                                      3, since=mark, what="the module's error line")
-            code = -int(m[1])
-        where = f"{symbol}+{self.offset}"
-        said = f"register_kprobe returned -{errno.errorcode.get(code, code)}" if code else load.said()
-        if code == errno.ENOENT or (code is None and load.errno == errno.ENOENT):
-            return f"symbol {symbol} not found in kernel {k.release} ({said})"
-        if code == errno.EILSEQ:
-            return (f"offset {self.offset} into {symbol} is not an instruction boundary in kernel "
-                    f"{k.release} ({said})")
-        if code == errno.EINVAL:
-            why = self._blacklisted(symbol)
-            return (f"{where} cannot be probed in kernel {k.release}: "
-                    f"{why or 'it is not probeable kernel text (blacklisted, notrace or reserved)'} ({said})")
-        if code == errno.EOPNOTSUPP:
-            return f"{where}: the instruction there cannot be probed in kernel {k.release} ({said})"
-        detail = os.strerror(code) if code else ""
-        return f"kernel {k.release} refused to arm {where}: {detail} ({said})".replace(":  (", ": (")
+        return explain_template(self.m, self.run_state.nonce, symbol, self.offset, load.said(), load.errno, mark)
 
     def _blacklisted(self, symbol: str) -> str | None:
-        out = self.m.run("cat /sys/kernel/debug/kprobes/blacklist", 15).stdout
-        for line in out.splitlines():
-            parts = line.split()
-            if len(parts) >= 2 and parts[1] == symbol:
-                return f"{symbol} is on the kprobe blacklist ({parts[0]})"
-        return None
+        return blacklisted(self.m, symbol)
 
     def _settle(self) -> ProbeRecord | None:
         """Read the list until our probe's flags are final.
@@ -223,8 +216,9 @@ class ProbeCheck(CheckLifecycle):
         jump a few jiffies later (the optimizer): wait for [OPTIMIZED], or for
         the flags to stay put long enough that it is not coming.
         """
-        opt = self.opt
-        may_optimize = (not opt.post_handler and self.m.kernel.kconfig.get("CONFIG_OPTPROBES") == "y")
+        opt, may_optimize = self.opt, self._may_optimize()
+        if self.listing.source != DEBUGFS:   # no flags to wait for: _wait_armed watches the bytes
+            return self._record()
         deadline = time.monotonic() + opt.settle_timeout
         last, stable_since = None, time.monotonic()
         while True:
@@ -238,17 +232,24 @@ class ProbeCheck(CheckLifecycle):
                 return record
             time.sleep(0.05)
 
+    def _may_optimize(self) -> bool:
+        return not self.opt.post_handler and self.m.kernel.kconfig.get("CONFIG_OPTPROBES") == "y"
+
     def _wait_armed(self, baseline: bytes, record: ProbeRecord | None):
         """Read the armed site; when the list says OPTIMIZED, wait (bounded) for the jump.
 
         The kernel flags a probe OPTIMIZED when it queues it for the optimizer;
         the jump is written a few jiffies later (later still on busy TCG guests).
+        Without flags to read, a probe that may be optimized is watched until the
+        jump shows, or until settle_timeout (then it stayed what it is).
         """
         deadline = time.monotonic() + self.opt.settle_timeout
+        flagless = self.listing.source != DEBUGFS and self._may_optimize()
         while True:
             armed = self._read_site()
             site = self.m.profile.sites.classify(self.run_state.address, baseline, armed)
-            waiting = record is not None and record.has("OPTIMIZED") and site.mechanism != Mechanism.OPTIMIZED
+            waiting = (((record is not None and record.has("OPTIMIZED")) or flagless)
+                       and site.mechanism != Mechanism.OPTIMIZED)
             if not waiting or time.monotonic() >= deadline:
                 return armed, site
             time.sleep(0.05)
@@ -266,6 +267,7 @@ class ProbeCheck(CheckLifecycle):
         except CommandTimeout:
             pass
         r.hits = self._settled_count(pattern, mark)
+        r.hits_counter = "module-lines"   # the module's nonce lines: no tracefs or debugfs needed
         post = self.m.console.count(rf"vmprobe-hit nonce={st.nonce} handler=post ", since=mark)
         r.probe["post_hits"] = post
         detail = f"{r.hits} pre-handler lines"
@@ -330,8 +332,8 @@ class ProbeCheck(CheckLifecycle):
                                       rf"post_hits=(\d+) nmissed=(\d+)", 15, since=mark,
                                       what="the module's 'disarmed' line", error=CommandTimeout)
             r.probe["total_hits"] = {"pre": int(m[1]), "post": int(m[2]), "nmissed": int(m[3])}
-        listed = self._record()
-        r.check("gone from kprobes/list after rmmod", listed is None)
+        if self.listing.source:
+            r.check(f"gone from {self.listing.name} after rmmod", self._record() is None)
 
     def _wait_restored(self, baseline: bytes, timeout: float = 10) -> bytes:
         deadline = time.monotonic() + timeout

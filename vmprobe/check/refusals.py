@@ -146,3 +146,39 @@ def explain(module: str, release: str, status: int, registrations: list[Registra
         return (f"{module}'s init failed with {errname(status)} ({os.strerror(status)}){made}; "
                 f"its last kernel lines: {last}")
     return f"{module} did not load; its last kernel lines: {last}"
+
+
+def blacklisted(m, symbol: str) -> str | None:
+    """Whether (and why) ``symbol`` is on the kernel's kprobe blacklist (None: not, or no debugfs)."""
+    out = m.run("cat /sys/kernel/debug/kprobes/blacklist 2>/dev/null", 15).stdout
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[1] == symbol:
+            return f"{symbol} is on the kprobe blacklist ({parts[0]})"
+    return None
+
+
+def explain_template(m, nonce: str, symbol: str, offset: int, load_said: str, load_errno: int | None,
+                     mark: int) -> str:
+    """Why the built-in fork probe did not load: its own error line (register_kprobe's code), else the
+    load call's (``load_said``, ``load_errno``: check/loading.py)."""
+    k = m.kernel
+    code = None
+    with contextlib.suppress(VmprobeError):
+        found = m.console.expect(rf"vmprobe-error nonce={nonce} .*register_kprobe=(-?\d+)",
+                                 3, since=mark, what="the module's error line")
+        code = -int(found[1])
+    where = f"{symbol}+{offset}"
+    said = f"register_kprobe returned {errname(code)}" if code else load_said
+    if code == errno.ENOENT or (code is None and load_errno == errno.ENOENT):
+        return f"symbol {symbol} not found in kernel {k.release} ({said})"
+    if code == errno.EILSEQ:
+        return f"offset {offset} into {symbol} is not an instruction boundary in kernel {k.release} ({said})"
+    if code == errno.EINVAL:
+        why = blacklisted(m, symbol)
+        return (f"{where} cannot be probed in kernel {k.release}: "
+                f"{why or 'it is not probeable kernel text (blacklisted, notrace or reserved)'} ({said})")
+    if code == errno.EOPNOTSUPP:
+        return f"{where}: the instruction there cannot be probed in kernel {k.release} ({said})"
+    detail = os.strerror(code) if code else ""
+    return f"kernel {k.release} refused to arm {where}: {detail} ({said})".replace(":  (", ": (")

@@ -28,6 +28,7 @@ class ProbeReport:
     probes: list[dict] = field(default_factory=list)   # every probe the module registered
     module: dict = field(default_factory=dict)         # what the module asked for, its kernel lines
     hits_counter: str | None = None                    # how hits were counted
+    evidence: list[str] = field(default_factory=list)  # what proved the probe: list/sysrq-listing, bytes, hits
     registers_at_hit: dict = field(default_factory=dict)
     sysrq: dict = field(default_factory=dict)
     crashes: list[dict] = field(default_factory=list)
@@ -69,6 +70,7 @@ class ProbeReport:
             "bytes": self.bytes,
             "hits": self.hits,
             "hits_counter": self.hits_counter,
+            "evidence": self.evidence,
             "probes": self.probes or self._first_probe(),
             "module": self.module,
             "registers_at_hit": self.registers_at_hit,
@@ -116,6 +118,9 @@ class ProbeReport:
             lines.append(f"  scenario  {self.scenario.get('name')}: {self.scenario.get('claim', '')}")
             for side, what in self.scenario.get("evidence", {}).items():
                 lines.append(f"  evidence  {side}: {what}")
+        if self.evidence or p.get("listing"):
+            why = (p.get("listing") or {}).get("why_no_list")
+            lines.append(f"  evidence  {', '.join(self.evidence) or 'none'}" + (f"  (no kprobes/list: {why})" if why else ""))
         if self.probes:
             lines.append(f"  probes    {len(self.probes)} registered by {self.probe.get('module')}")
             for e in self.probes:

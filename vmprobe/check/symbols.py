@@ -1,10 +1,11 @@
 """Kernel symbols as the probe check needs them: text addresses from /proc/kallsyms, and
-which of the fork functions this kernel has (``do_fork`` until 4.x, ``_do_fork``, then
-``kernel_clone`` from 5.10)."""
+which of the fork functions this kernel has (``do_fork`` until 4.2, ``_do_fork``, then
+``kernel_clone`` from 5.10: arch/eras.py's PROBE_ERAS)."""
 from __future__ import annotations
 
 import re
 
+from vmprobe.arch.eras import era_fork_symbol
 from vmprobe.errors import ProbeSiteError
 from vmprobe.vm.machine import Machine
 
@@ -42,7 +43,11 @@ def _text_symbols(kallsyms: str, names: list[str]) -> dict[str, int]:
 
 
 def fork_symbol(kernel_release: str, present: dict[str, int]) -> str:
-    """The kernel's central fork function among those found in kallsyms."""
+    """The kernel's central fork function: its era's (by version), if kallsyms has it; else the
+    newest name kallsyms has (a kernel whose version cannot be read, or a backport)."""
+    chosen = era_fork_symbol(kernel_release)
+    if chosen in present:
+        return chosen
     for name in FORK_SYMBOLS:
         if name in present:
             return name

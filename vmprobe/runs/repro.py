@@ -217,6 +217,8 @@ def _keep(machine, check, interact, log) -> None:
     if opt.builtin_template:
         params = (f"symbol={probe.get('symbol')} offset={check.offset} nonce=repro "
                   f"post={1 if opt.post_handler else 0}")
+        if probe.get("addr_param"):   # a kernel whose module cannot find the site by name
+            params += f" addr={probe['addr_param']}"
     else:
         params = opt.module_params
     print(f"vmprobe repro: the VM stays up ({machine.kernel.release}, {machine.accel}) until you leave the shell.\n"
