@@ -15,12 +15,11 @@ is among them.
 """
 from __future__ import annotations
 
-import re
 import time
 
 from vmprobe.arch import SITE_WINDOW, Mechanism, agrees_with_flags
 from vmprobe.check import discovery, fprobes, hits
-from vmprobe.check.discovery import Handlers
+from vmprobe.check.discovery import Handlers, module_lines
 from vmprobe.check.listing import DEBUGFS, KPROBES_LIST, Listing
 from vmprobe.check.loading import load_once
 from vmprobe.check.refusals import RegistrationTracer, explain
@@ -37,19 +36,6 @@ MAX_CANDIDATES = 16
 #: functions, and this many stops (each costs tens of ms of guest time under TCG)
 HBREAK_MAX, HBREAK_CAP = 4, 200
 HBREAK_COUNTER = "gdb-hardware-breakpoint"
-_NOISE = re.compile(r"vmprobe-|loading out-of-tree module taints|module verification failed")
-
-
-
-
-def module_lines(text: str) -> list[str]:
-    """The kernel lines printed between two marks, timestamps and vmprobe's own lines aside."""
-    out = []
-    for line in text.splitlines():
-        line = re.sub(r"^\[\s*\d+\.\d+\]\s*", "", line.strip())
-        if line and not _NOISE.search(line):
-            out.append(line)
-    return out
 
 
 class AnyModule:

@@ -14,6 +14,7 @@ from the module's symbol table.
 """
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass, field
 
@@ -156,3 +157,16 @@ def _kretprobe(h: Handlers, blob: bytes, at: int, word, name, ptr: int) -> None:
             size = word(blob, after + 8)   # after int maxactive and int nmissed
             h.data_size = size if size is not None and size < 1 << 20 else None
             return
+
+
+_NOISE = re.compile(r"vmprobe-|loading out-of-tree module taints|module verification failed")
+
+
+def module_lines(text: str) -> list[str]:
+    """The kernel lines printed between two marks, timestamps and vmprobe's own lines aside."""
+    out = []
+    for line in text.splitlines():
+        line = re.sub(r"^\[\s*\d+\.\d+\]\s*", "", line.strip())
+        if line and not _NOISE.search(line):
+            out.append(line)
+    return out
