@@ -1,7 +1,8 @@
-"""The probe check on a real bookworm guest: each mechanism, and each refusal."""
+"""The probe check on a real guest (any x86_64 kernel: offsets read from the bytes): each mechanism, each refusal."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -12,8 +13,8 @@ from vmprobe.errors import ModuleBuildError, ModuleLoadError
 
 @pytest.mark.parametrize("offset, post, mechanism, first_byte, flag", [
     (0, True, "ftrace", "e8", "FTRACE"),
-    (5, True, "int3", "cc", None),
-    (5, False, "optimized", "e9", "OPTIMIZED"),
+    ("after-entry", True, "int3", "cc", None),      # past the fentry site (and an IBT ENDBR): read from its bytes
+    ("after-entry", False, "optimized", "e9", "OPTIMIZED"),
 ])
 def test_mechanism(vm, fork_module, offset, post, mechanism, first_byte, flag):
     report = run_probe_check(vm, fork_module, ProbeOptions(offset=offset, post_handler=post))
@@ -36,13 +37,13 @@ def test_mechanism(vm, fork_module, offset, post, mechanism, first_byte, flag):
 
 
 @pytest.mark.parametrize("symbol, offset, message", [
-    ("no_such_function_xyz", 0, r"symbol no_such_function_xyz not found in kernel 6\.1\.0-"),
+    ("no_such_function_xyz", 0, r"symbol no_such_function_xyz not found in kernel {release} "),
     ("kernel_clone", 1, r"offset 1 into kernel_clone is not an instruction boundary.*EILSEQ"),
     ("kprobe_int3_handler", 0, r"kprobe_int3_handler\+0 cannot be probed.*blacklist.*EINVAL"),
 ])
 def test_refusals_are_specific(vm, fork_module, symbol, offset, message):
     check = ProbeCheck(vm, fork_module, ProbeOptions(symbol=symbol, offset=offset))
-    with pytest.raises(ModuleLoadError, match=message):
+    with pytest.raises(ModuleLoadError, match=message.replace("{release}", re.escape(vm.kernel.release))):
         check.run()
     # the failing init ran once: one finit_module, no init_module retry (BusyBox insmod printed it twice)
     dmesg = vm.run("dmesg").stdout
