@@ -14,10 +14,8 @@ from vmprobe.vm.machine import Machine
 
 
 @pytest.fixture(scope="module")
-def serial_vm(request):
-    from vmprobe.pytest_plugin.pool import session_state
-    state = session_state(request.config)
-    kernel = state.kernel(state.specs[0])
+def serial_vm(request, kernel):
+    """A VM on the test's own kernel (one per --vmprobe-kernel), controlled over the serial line only."""
     with Machine(kernel, accel=request.config.getoption("vmprobe_accel"), warm=True,
                  transport="serial") as m:
         yield m
