@@ -45,6 +45,7 @@ from vmprobe.vm import panics
 from vmprobe.vm import transport as transports
 from vmprobe.vm.accel import choose_accel, qemu_version
 from vmprobe.vm.console import Console, raise_qemu_gone
+from vmprobe.vm.guest_shell import GuestShell, WaitingExec
 from vmprobe.vm.qemu_command import QemuInputs, qemu_command
 from vmprobe.vm.ssh import RunKeys
 from vmprobe.vm.transport import GuestTransport
@@ -82,6 +83,7 @@ class Machine:
         self.console: Console | None = None
         self.qmp: QEMUMonitorProtocol | None = None
         self.ssh: GuestTransport | None = None   # SSH or the serial agent (vm/transport.py)
+        self._shell: GuestShell | None = None    # a long-lived guest shell on the SSH connection
         self.transport = transport               # asked for; self.ssh.name: what it got
         self.accel: str | None = None
         self.ssh_port: int | None = None
@@ -328,6 +330,7 @@ class Machine:
         """Stop QEMU (QMP quit → SIGTERM → SIGKILL) and remove everything it used."""
         if self.proc and self.proc.poll() is None:
             checkpoint("shutdown")
+        self._shell = self._shell and self._shell.close()
         if self.ssh:
             with contextlib.suppress(Exception):
                 self.ssh.close()
@@ -364,7 +367,8 @@ class Machine:
         self._uploaded[remote] = digest
 
     def run(self, command: str, timeout: float = 60, *, allow_crash: bool = False, **kw):
-        """Run a command in the guest over SSH (see GuestSsh.run).
+        """Run a command in the guest: in the long-lived guest shell over SSH (vm/guest_shell.py),
+        else an SSH exec of its own (see GuestSsh.run) or the serial agent.
 
         A kernel crash while it runs is reported as such (GuestCrash with the
         report's title), not as the SSH failure it causes; ``allow_crash`` lets a
@@ -375,7 +379,8 @@ class Machine:
         mark = self.console.mark()
         what = f"{command!r} to finish"
         try:
-            result = self.ssh.run(command, timeout, **kw)
+            self._shell = GuestShell.of(self.ssh, self._shell)
+            result = (self._shell and self._shell.run(command, timeout, **kw)) or self.ssh.run(command, timeout, **kw)
         except SshError:
             self.check_alive(grace=5, since=mark, what=what)
             raise
@@ -390,6 +395,13 @@ class Machine:
                 raise GuestCrash(f"the guest kernel reported {crashes[0].title} while running {command!r}",
                                  detail=crashes[0].excerpt)
         return result
+
+    def prepare(self, command: str):
+        """``command`` made ready to start at once: ``go()`` sends a line and waits on nothing in
+        the guest (which may be stopped at a breakpoint by then); ``wait(timeout)`` returns its
+        CommandResult; ``abandon()`` if it never gets there."""
+        self._shell = GuestShell.of(self.ssh, self._shell)
+        return (self._shell and self._shell.prepare(command)) or WaitingExec(self.ssh, command)
 
 
 class _PortTaken(Exception):
