@@ -10,6 +10,7 @@ are back. Every step is timed and every wait is bounded.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import re
@@ -36,6 +37,7 @@ DEFAULT_TRIGGER = "for i in 1 2 3 4 5; do /bin/true; done"
 #: one fork and exec (not the shell's last command, which it may exec without forking)
 ONE_FORK_TRIGGER = "/bin/true; :"
 KPROBES_LIST = "/sys/kernel/debug/kprobes/list"
+LIST_FOLLOWS = "vmprobe-kprobes-list-follows"
 GUEST_DIR = "/tmp"
 #: Extra bytes read before arming, for a kernel that moves the probe (IBT: sym+0 → sym+4).
 SLACK = 16
@@ -78,6 +80,7 @@ class ProbeCheck:
         self.gdb: Gdb | None = None
         self._start_mark = 0
         self._loaded = False
+        self._next_list: list[ProbeRecord] | None = None
         # the offset in bytes ("after-entry" is decided from the function's first bytes)
         self.offset = options.offset if isinstance(options.offset, int) else 0
 
@@ -92,7 +95,18 @@ class ProbeCheck:
         return resolve_symbols(self.m, names)
 
     def _list(self) -> list[ProbeRecord]:
+        listed, self._next_list = self._next_list, None
+        if listed is not None:   # read by the command just before, in the same round trip
+            return listed
         return parse_debugfs_list(self.m.run(f"cat {KPROBES_LIST}", 15).stdout)
+
+    def _run_then_list(self, command: str, timeout: float):
+        """``command``'s result, with kprobes/list read right after it in the same round trip
+        (kept for the next ``_list()``)."""
+        res = self.m.run(f"{command}\nrc=$?; echo {LIST_FOLLOWS}; cat {KPROBES_LIST}; exit $rc", timeout)
+        out, sep, listing = res.stdout.partition(f"{LIST_FOLLOWS}\n")
+        self._next_list = parse_debugfs_list(listing) if sep else None
+        return dataclasses.replace(res, stdout=out)
 
     def _record(self) -> ProbeRecord | None:
         return next((r for r in self._list() if r.address == self.run_state.address), None)
@@ -106,6 +120,7 @@ class ProbeCheck:
         r.kernel = {"spec": k.spec, "release": k.release, "version": k.version, "arch": self.m.profile.name}
         r.machine = {"accel": self.m.accel, "smp": self.m.smp, "qemu": " ".join(self.m.command_line)}
         self._start_mark = self.m.console.mark()
+        self.m.gdbs.ahead()   # gdb starts while the first steps run
         try:
             self._run()
         except VmprobeError as exc:
@@ -134,7 +149,7 @@ class ProbeCheck:
                 self._insmod(symbol)
             raise ModuleLoadError(f"symbol {symbol} not found in kernel {self.m.kernel.release}")
         with self.phase("gdb-attach"):
-            self.gdb = Gdb(self.m.profile.gdb_binary, arch=self.m.profile.gdb_arch)
+            self.gdb = self.m.gdbs.take()
             self.gdb.attach(self.m.gdb_socket)
             self.gdb.cont()
         if opt.offset == AFTER_ENTRY:
@@ -201,7 +216,7 @@ class ProbeCheck:
             params = ""
         params = f"{params} {opt.module_params}".strip()
         mark = self.m.console.mark()
-        res = self.m.run(f"insmod {remote} {params}", 60)
+        res = self._run_then_list(f"insmod {remote} {params}", 60)
         if res.status != 0:
             raise ModuleLoadError(self._explain_refusal(symbol, res.output.strip(), mark),
                                   detail=self.m.console.tail(15))
@@ -363,7 +378,7 @@ class ProbeCheck:
     def _rmmod(self) -> None:
         r, st = self.report, self.run_state
         mark = self.m.console.mark()
-        res = self.m.run(f"rmmod {self.module.name}", 60)
+        res = self._run_then_list(f"rmmod {self.module.name}", 60)
         r.check("rmmod", res.status == 0, res.output.strip())
         if res.status == 0:
             self._loaded = False
@@ -392,6 +407,8 @@ class ProbeCheck:
         if self.gdb:
             self.gdb.close()
             self.gdb = None
+        else:
+            self.m.gdbs.close()   # started ahead, never taken (the check ended before)
 
 
 def run_probe_check(machine: Machine, module: Module, options: ProbeOptions | None = None,

@@ -45,8 +45,9 @@ from vmprobe.vm import panics
 from vmprobe.vm import transport as transports
 from vmprobe.vm.accel import choose_accel, qemu_version
 from vmprobe.vm.console import Console, raise_qemu_gone
+from vmprobe.vm.gdb_ahead import GdbStarter
 from vmprobe.vm.guest_shell import GuestShell, WaitingExec
-from vmprobe.vm.qemu_command import QemuInputs, qemu_command
+from vmprobe.vm.qemu_command import QemuInputs, free_port, qemu_command
 from vmprobe.vm.ssh import RunKeys
 from vmprobe.vm.transport import GuestTransport
 
@@ -55,12 +56,6 @@ READY = r"\bVMPROBE-READY {nonce}$"
 SNAPSHOT_POINT = r"\bVMPROBE-SNAPSHOT-POINT$"
 logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)  # failures surface as QemuError
 _live: "weakref.WeakSet[Machine]" = weakref.WeakSet()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Machine:
@@ -84,6 +79,7 @@ class Machine:
         self.qmp: QEMUMonitorProtocol | None = None
         self.ssh: GuestTransport | None = None   # SSH or the serial agent (vm/transport.py)
         self._shell: GuestShell | None = None    # a long-lived guest shell on the SSH connection
+        self.gdbs = GdbStarter(self.profile.gdb_binary, self.profile.gdb_arch)   # gdbs started ahead
         self.transport = transport               # asked for; self.ssh.name: what it got
         self.accel: str | None = None
         self.ssh_port: int | None = None
@@ -166,7 +162,7 @@ class Machine:
         """Start QEMU on a free loopback port for the SSH forward (retried if taken meanwhile)."""
         self._started = time.monotonic()
         for attempt in range(5):
-            self.ssh_port = _free_port()
+            self.ssh_port = free_port()
             try:
                 self._start_qemu(initrd)
                 break
@@ -331,6 +327,7 @@ class Machine:
         if self.proc and self.proc.poll() is None:
             checkpoint("shutdown")
         self._shell = self._shell and self._shell.close()
+        self.gdbs.close()
         if self.ssh:
             with contextlib.suppress(Exception):
                 self.ssh.close()
@@ -397,9 +394,8 @@ class Machine:
         return result
 
     def prepare(self, command: str):
-        """``command`` made ready to start at once: ``go()`` sends a line and waits on nothing in
-        the guest (which may be stopped at a breakpoint by then); ``wait(timeout)`` returns its
-        CommandResult; ``abandon()`` if it never gets there."""
+        """``command`` ready to start: ``go()`` waits on nothing in the guest (it may be stopped at a
+        breakpoint by then), ``wait(timeout)`` returns its CommandResult, else ``abandon()``."""
         self._shell = GuestShell.of(self.ssh, self._shell)
         return (self._shell and self._shell.prepare(command)) or WaitingExec(self.ssh, command)
 
