@@ -16,6 +16,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CATALOG_DIR = PROJECT_ROOT / "kernels"
 ROOTFS_DIR = PROJECT_ROOT / "rootfs"
 TEMPLATES_DIR = Path(__file__).resolve().parent / "modules" / "templates"
+#: The kernel spec used when none is given (here so the command line needs no kernel code).
+DEFAULT_SPEC = "debian:bookworm"
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,32 @@ def test_break_then_key_while_draining_output(tmp_path):
     assert bytes(got) == IAC_BREAK + b"w"
 
 
+def test_draining_after_the_key_ends_once_it_was_seen(tmp_path):
+    import time
+    path = tmp_path / "console.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+    got = bytearray()
+
+    def qemu() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.settimeout(5)
+            while data := conn.recv(100):
+                got.extend(data)
+
+    worker = threading.Thread(target=qemu)
+    worker.start()
+    t0 = time.monotonic()
+    send_sysrq(path, "w", settle=0.5, until=lambda: b"w" in got)
+    took = time.monotonic() - t0
+    worker.join(5)
+    server.close()
+    assert bytes(got) == IAC_BREAK + b"w"
+    assert took < 0.9   # the break's settle (0.5 s), not a second one after the key
+
+
 def test_refusals(tmp_path):
     with pytest.raises(ValueError):
         send_sysrq(tmp_path / "x", "ww")

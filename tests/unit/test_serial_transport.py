@@ -165,3 +165,29 @@ def test_agent_resends_a_chunk_that_arrives_damaged(agent, tmp_path, monkeypatch
     dest = tmp_path / "copy"
     agent.put(src, str(dest))
     assert sent and dest.read_bytes() == src.read_bytes()
+
+
+def test_hello_takes_a_late_answer_to_an_earlier_hello():
+    """A slow agent answers the first hello after the second was sent: that answer counts."""
+    import socket as _socket
+    import threading as _threading
+    host, guest = _socket.socketpair()
+    seen = []
+
+    def slow_agent() -> None:
+        buf = b""
+        while len(seen) < 2:
+            buf += guest.recv(4096)
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                seen.append(line.split())
+        guest.sendall(b"%s hello ssh=1\n" % seen[0][1])   # the first one, answered late
+    worker = _threading.Thread(target=slow_agent)
+    worker.start()
+    transport = SerialTransport(host, port="ttyS1")
+    transport.hello(10)
+    worker.join(5)
+    assert transport.ssh_available is True and len(seen) >= 2
+    assert transport.reader.lines == {}          # every hello's nonce forgotten
+    host.close()
+    guest.close()

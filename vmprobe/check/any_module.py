@@ -26,7 +26,6 @@ from vmprobe.check.refusals import RegistrationTracer, explain
 from vmprobe.errors import ModuleLoadError
 from vmprobe.formats.kprobes_list import ProbeRecord
 from vmprobe.modules.introspect import ModuleImage, read_image
-from vmprobe.vm.gdb import Gdb
 from vmprobe.vm.hits import count_hits
 
 #: bytes read from each candidate function before the module loads
@@ -62,7 +61,7 @@ class AnyModule:
             candidates = self.image.symbol_candidates(opt.module_params)[:MAX_CANDIDATES]
             found = c.resolve(wanted + [n for n in candidates if n not in wanted])
         with c.phase("gdb-attach"):
-            c.gdb = Gdb(self.m.profile.gdb_binary, arch=self.m.profile.gdb_arch)
+            c.gdb = self.m.gdbs.take()
             c.gdb.attach(self.m.gdb_socket)
             c.gdb.cont()
         with c.phase("baseline"):

@@ -38,6 +38,8 @@ from vmprobe.vm.machine import Machine
 
 AFTER_ENTRY = "after-entry"
 DEFAULT_TRIGGER = "for i in 1 2 3 4 5; do /bin/true; done"
+#: one fork and exec (not the shell's last command, which it may exec without forking)
+ONE_FORK_TRIGGER = "/bin/true; :"
 #: Extra bytes read before arming, for a kernel that moves the probe (IBT: sym+0 → sym+4).
 SLACK = 16
 
@@ -99,6 +101,7 @@ class ProbeCheck(CheckLifecycle):
     # -- the check -----------------------------------------------------------
     def run(self) -> ProbeReport:
         self.describe()
+        self.m.gdbs.ahead()   # gdb starts while the first steps run
         with self.observed():
             self._run()
         return self.report
@@ -124,7 +127,7 @@ class ProbeCheck(CheckLifecycle):
             self.listing = Listing.find(self.m)
         r.probe["listing"] = self.listing.to_dict()
         with self.phase("gdb-attach"):
-            self.gdb = Gdb(self.m.profile.gdb_binary, arch=self.m.profile.gdb_arch)
+            self.gdb = self.m.gdbs.take()
             self.gdb.attach(self.m.gdb_socket)
             self.gdb.cont()
         if opt.offset == AFTER_ENTRY:
@@ -299,19 +302,25 @@ class ProbeCheck(CheckLifecycle):
 
     def _registers_at_hit(self, follow: list[int] = ()) -> Hit:
         r, st, p = self.report, self.run_state, self.m.profile
-        trigger = self.opt.trigger or DEFAULT_TRIGGER
-        # The command is started first and told to go once the breakpoint is
-        # set (starting it forks, and a fork would hit a breakpoint on the fork
-        # path before the SSH server could answer). On a hot function any task
-        # may get there first: the first hit is taken and its task reported.
-        channel = self.m.ssh.start(f"read -r _go; {trigger}")
+        # The default trigger forks five times to count hits; one fork stops on the fork function.
+        on_fork = self.opt.builtin_template and self.opt.symbol is None
+        trigger = self.opt.trigger or (ONE_FORK_TRIGGER if on_fork else DEFAULT_TRIGGER)
+        # The command is made ready first and started once the breakpoint is set (starting it
+        # forks, and a fork would hit a breakpoint on the fork path before the guest could
+        # answer a new SSH session). On a hot function any task may get there first: the first
+        # hit is taken and its task reported.
         layout, no_layout = task_layout_or_reason(self.m)
-        hit = first_hit(self.gdb, st.address, [p.pc_register, p.flags_register],
-                        go=lambda: channel.sendall(b"go\n"), layout=layout, no_layout=no_layout,
-                        follow=follow, argument_register=p.argument_register)
-        self.m.ssh.wait(channel, trigger, 60)
+        started = self.m.prepare(trigger)
+        try:
+            hit = first_hit(self.gdb, st.address, [p.pc_register, p.flags_register],
+                            go=started.go, layout=layout, no_layout=no_layout,
+                            follow=follow, argument_register=p.argument_register)
+        except BaseException:
+            started.abandon()
+            raise
+        started.wait(60)
         pc, flags = hit.registers[p.pc_register], hit.registers[p.flags_register]
-        r.registers_at_hit = {"pc": f"{pc:#x}", "flags": f"{flags:#x}",
+        r.registers_at_hit = {"pc": f"{pc:#x}", "flags": f"{flags:#x}", "trigger": trigger,
                               "names": [p.pc_register, p.flags_register], **hit.to_dict()}
         r.check("pc at the hit is the probe address", pc == st.address, f"{p.pc_register}={pc:#x}"
                 + (f" (hit by {hit.task.comm} pid {hit.task.pid})" if hit.task else ""))
@@ -350,6 +359,8 @@ class ProbeCheck(CheckLifecycle):
         if self.gdb:
             self.gdb.close()
             self.gdb = None
+        else:
+            self.m.gdbs.close()   # started ahead, never taken (the check ended before)
 
 
 def run_probe_check(machine: Machine, module: Module, options: ProbeOptions | None = None,

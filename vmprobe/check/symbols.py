@@ -4,6 +4,8 @@ which of the fork functions this kernel has (``do_fork`` until 4.2, ``_do_fork``
 from __future__ import annotations
 
 import re
+from functools import lru_cache
+from pathlib import Path
 
 from vmprobe.arch.eras import era_fork_symbol
 from vmprobe.errors import ProbeSiteError
@@ -24,7 +26,7 @@ def resolve_symbols(machine: Machine, names: list[str]) -> dict[str, int]:
     found: dict[str, int] = {}
     saved = machine.saved_kallsyms()
     if saved is not None:
-        found = _text_symbols(saved.read_text(errors="replace"), names)
+        found = _text_symbols(_read(saved, saved.stat().st_mtime_ns), names)
         if found:
             return found
     alternation = "|".join(re.escape(n) for n in names)
@@ -33,13 +35,30 @@ def resolve_symbols(machine: Machine, names: list[str]) -> dict[str, int]:
 
 
 def _text_symbols(kallsyms: str, names: list[str]) -> dict[str, int]:
-    wanted, found = set(names), {}
-    for line in kallsyms.splitlines():
-        fields = line.split()
-        if (len(fields) >= 3 and fields[2] in wanted and fields[2] not in found
-                and fields[1] in "tTwW"):
-            found[fields[2]] = int(fields[0], 16)
+    """The first text symbol line of each name (``ADDR t NAME`` or ``ADDR t NAME\t[module]``),
+    found with str.find: a warm copy of kallsyms is 4 MB, too much to split into lines per check."""
+    found = {}
+    for name in dict.fromkeys(names):
+        needle = f" {name}"
+        at = kallsyms.find(needle)
+        while at >= 0:
+            end = at + len(needle)
+            if (end == len(kallsyms) or kallsyms[end] in "\n\t ") and kallsyms[at - 1:at] in ("t", "T", "w", "W") \
+                    and kallsyms[at - 2:at - 1] == " ":
+                line = kallsyms.rfind("\n", 0, at) + 1
+                try:
+                    found[name] = int(kallsyms[line:at - 2], 16)
+                    break
+                except ValueError:
+                    pass
+            at = kallsyms.find(needle, at + 1)
     return found
+
+
+@lru_cache(maxsize=2)
+def _read(path: Path, mtime_ns: int) -> str:
+    """A saved kallsyms copy, read once per process (a live VM's supervisor checks many times)."""
+    return path.read_text(errors="replace")
 
 
 def fork_symbol(kernel_release: str, present: dict[str, int]) -> str:

@@ -20,14 +20,15 @@ def _saw(m: Machine, mark: int, what: str) -> bool:
 
 def sysrq_three_ways(m: Machine, r: ProbeReport) -> None:
     mark = m.console.mark()
-    m.run("echo w > /proc/sysrq-trigger", 15)
+    # then the mask: Debian's default refuses the keyboard's (the /proc path ignores it)
+    m.run("echo w > /proc/sysrq-trigger; echo 1 > /proc/sys/kernel/sysrq", 15)
     ok_proc = _saw(m, mark, "SysRq-W through /proc/sysrq-trigger")
-    m.run("echo 1 > /proc/sys/kernel/sysrq", 15)   # Debian's default mask refuses the keyboard's
     mark = m.console.mark()
     m.qmp.cmd("send-key", keys=[{"type": "qcode", "data": k} for k in ("alt", "sysrq", "w")])
     ok_key = _saw(m, mark, "SysRq-W through QMP send-key")
     mark = m.console.mark()
-    serial_break.send_sysrq(serial_break.console_socket(m.console_log), "w")
+    serial_break.send_sysrq(serial_break.console_socket(m.console_log), "w",
+                            until=lambda: m.console.count(MARKER, since=mark) > 0)
     ok_break = _saw(m, mark, "SysRq-W through a BREAK on the serial console")
     r.sysrq = {"proc": ok_proc, "send_key": ok_key, "serial_break": ok_break}
     r.check("SysRq-W via /proc/sysrq-trigger", ok_proc)

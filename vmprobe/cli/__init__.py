@@ -17,7 +17,7 @@ from vmprobe.cli.commands import (
     cmd_rootfs,
     cmd_shell,
 )
-from vmprobe.cli.parser import build_parser
+from vmprobe.cli.parser import COMMANDS, build_parser
 from vmprobe.errors import EXIT_INTERRUPTED, VmprobeError
 from vmprobe.host import progress
 from vmprobe.host.processes import install_signal_handlers
@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(argparse.ArgumentError, SystemExit), contextlib.redirect_stderr(io.StringIO()):
             args, extra = live_commands.live_parser().parse_known_args(argv)
             args = None if extra else args
-    args = args or build_parser().parse_args(argv)
+    command = argv[0] if argv and argv[0] in COMMANDS else None
+    args = args or build_parser(only=command).parse_args(argv)
     handler = {"kernels": cmd_kernels, "exec": cmd_exec, "shell": cmd_shell, "probe": cmd_probe,
                "matrix": cmd_matrix, "doctor": cmd_doctor, "gdb": cmd_gdb, "repro": cmd_repro, "rootfs": cmd_rootfs,
                "up": lambda a: live_commands.up(a, _log), "down": lambda a: live_commands.down(a, _log),

@@ -133,6 +133,7 @@ def cmd_probe(args) -> int:
                            builtin_template=args.module is None, sysrq=args.sysrq, min_hits=args.min_hits)
     machine = _machine(args, kernel)
     _verbose(args, machine)
+    machine.gdbs.ahead()   # gdb starts while the machine restores or boots
     try:
         with machine:
             run = run_check(machine, module, options, source=args.module,

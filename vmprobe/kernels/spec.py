@@ -4,10 +4,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from vmprobe.config import DEFAULT_SPEC
 from vmprobe.errors import SpecError
 from vmprobe.kernels.catalog import Catalog, load_catalog
-
-DEFAULT_SPEC = "debian:bookworm"
 
 _DEBIAN = re.compile(r"^debian:(?P<suite>[a-z0-9-]+)(?:/(?P<flavour>[a-z0-9-]+))?"
                      r"(?:@(?P<abi>[0-9][0-9a-z.+~-]*))?$")

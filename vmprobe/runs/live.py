@@ -56,6 +56,8 @@ class Supervisor:
         self.machine_kw, self.idle_timeout, self.reaper = machine_kw, idle_timeout, reaper
         self.machine = None
         self.clean = None               # the guest's state when it came up (modules, kprobes, taint)
+        self.touched = 0                # requests other than probes that began or ended (exec, put…)
+        self.known: tuple | None = None  # (touched, state) read after the last probe
         self.console_seen = 0
         self.started = self.last_used = time.time()
         self.active = 0
@@ -78,6 +80,7 @@ class Supervisor:
         _tell(self.reaper, f"dir {m.workdir}")
         _tell(self.reaper, f"pgid {m.proc.pid}")
         self.machine = m
+        m.gdbs.ahead()   # the first probe's gdb
         self.clean = guest_state(m)
         self.console_seen = len(m.console.text)
         self._write_info()
@@ -192,7 +195,14 @@ class Supervisor:
                 why = self.unusable()
                 if why and not self.replace(why):
                     raise QemuError(f"the live VM {self.name!r} {why}, and no new one came up")
-            end = handler(conn, req) or {}
+            touches = op not in ("info", "down", "probe")   # may change what a probe must leave alone
+            with self.cond:
+                self.touched += touches
+            try:
+                end = handler(conn, req) or {}
+            finally:
+                with self.cond:
+                    self.touched += touches
             if op not in ("info", "down"):
                 why = self.unusable()
                 if why:
@@ -289,7 +299,9 @@ class Supervisor:
             module = modules.build(source or modules.FORK_PROBE, self.kernel, log=log)[0]
             build = time.monotonic() - t0
             m = self.machine
-            before = guest_state(m)
+            # the state the last probe left, unless another request may have changed it since
+            known, self.known = self.known, None
+            before = known[1] if known and known[0] == self.touched else guest_state(m)
             run = run_check(m, module, ProbeOptions(**req["options"]), source=source,
                             expect_mechanism=req.get("expect_mechanism"), build_seconds=build, log=log)
             end = {"report": run.report.to_dict(), "summary": run.report.summary(),
@@ -299,13 +311,17 @@ class Supervisor:
             why = self.unusable()
             if why is None:
                 try:
-                    why = state_difference(before, guest_state(m))
+                    touched, now = self.touched, guest_state(m)
+                    why = state_difference(before, now)
+                    self.known = None if why else (touched, now)
                 except VmprobeError as exc:
                     why = f"does not answer ({exc.message})"
             if why:
                 log(f"vmprobe: the live VM {self.name!r} {why}; replacing it")
                 self.replace(why)
                 end["replaced"] = why
+            else:
+                m.gdbs.ahead()   # the next probe's gdb, started while nobody waits
             return end
 
 

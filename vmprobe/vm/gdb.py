@@ -377,3 +377,4 @@ class Gdb:
 
     def __exit__(self, *exc) -> None:
         self.close()
+

@@ -44,7 +44,9 @@ from vmprobe.vm import panics
 from vmprobe.vm import transport as transports
 from vmprobe.vm.accel import choose_accel, qemu_version
 from vmprobe.vm.console import Console, raise_qemu_gone
-from vmprobe.vm.qemu_command import QemuInputs, qemu_command
+from vmprobe.vm.gdb_ahead import GdbStarter
+from vmprobe.vm.guest_shell import GuestShell, WaitingExec
+from vmprobe.vm.qemu_command import QemuInputs, free_port, qemu_command
 from vmprobe.vm.ssh import RunKeys
 from vmprobe.vm.transport import GuestTransport
 
@@ -53,12 +55,6 @@ READY = r"\bVMPROBE-READY {nonce}$"
 SNAPSHOT_POINT = r"\bVMPROBE-SNAPSHOT-POINT$"
 logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)  # failures surface as QemuError
 _live: "weakref.WeakSet[Machine]" = weakref.WeakSet()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Machine:
@@ -82,6 +78,8 @@ class Machine:
         self.console: Console | None = None
         self.qmp: QEMUMonitorProtocol | None = None
         self.ssh: GuestTransport | None = None   # SSH or the serial agent (vm/transport.py)
+        self._shell: GuestShell | None = None    # a long-lived guest shell on the SSH connection
+        self.gdbs = GdbStarter(self.profile.gdb_binary, self.profile.gdb_arch)   # gdbs started ahead
         self.transport = transport               # asked for; self.ssh.name: what it got
         self.userland = userland                 # the guest's userland: auto (by era), modern or old
         self.guest_image = guest_image           # an exported guest (rootfs export), booted as it is
@@ -180,7 +178,7 @@ class Machine:
         """Start QEMU on a free loopback port for the SSH forward (retried if taken meanwhile)."""
         self._started = time.monotonic()
         for attempt in range(5):
-            self.ssh_port = _free_port()
+            self.ssh_port = free_port()
             try:
                 self._start_qemu(initrd)
                 break
@@ -339,6 +337,8 @@ class Machine:
         """Stop QEMU (QMP quit → SIGTERM → SIGKILL) and remove everything it used."""
         if self.proc and self.proc.poll() is None:
             checkpoint("shutdown")
+        self._shell = self._shell and self._shell.close()
+        self.gdbs.close()
         if self.ssh:
             with contextlib.suppress(Exception):
                 self.ssh.close()
@@ -375,7 +375,8 @@ class Machine:
         self._uploaded[remote] = digest
 
     def run(self, command: str, timeout: float = 60, *, allow_crash: bool = False, **kw):
-        """Run a command in the guest over SSH (see GuestSsh.run).
+        """Run a command in the guest: in the long-lived guest shell over SSH (vm/guest_shell.py),
+        else an SSH exec of its own (see GuestSsh.run) or the serial agent.
 
         A kernel crash while it runs is reported as such (GuestCrash with the
         report's title), not as the SSH failure it causes; ``allow_crash`` lets a
@@ -386,7 +387,8 @@ class Machine:
         mark = self.console.mark()
         what = f"{command!r} to finish"
         try:
-            result = self.ssh.run(command, timeout, **kw)
+            self._shell = GuestShell.of(self.ssh, self._shell)
+            result = (self._shell and self._shell.run(command, timeout, **kw)) or self.ssh.run(command, timeout, **kw)
         except SshError:
             self.check_alive(grace=5, since=mark, what=what)
             raise
@@ -401,6 +403,12 @@ class Machine:
                 raise GuestCrash(f"the guest kernel reported {crashes[0].title} while running {command!r}",
                                  detail=crashes[0].excerpt)
         return result
+
+    def prepare(self, command: str):
+        """``command`` ready to start: ``go()`` waits on nothing in the guest (it may be stopped at a
+        breakpoint by then), ``wait(timeout)`` returns its CommandResult, else ``abandon()``."""
+        self._shell = GuestShell.of(self.ssh, self._shell)
+        return (self._shell and self._shell.prepare(command)) or WaitingExec(self.ssh, command)
 
 
 class _PortTaken(Exception):

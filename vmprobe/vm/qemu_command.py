@@ -11,6 +11,7 @@ then serves commands on it (``serial_transport``).
 """
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,3 +76,10 @@ def qemu_command(q: QemuInputs) -> list[str]:
     if q.incoming:
         cmd += ["-incoming", f"exec:cat '{q.incoming}'"]
     return cmd
+
+
+def free_port() -> int:
+    """A free loopback TCP port for the SSH forward (QEMU may still lose it to a race: retried)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

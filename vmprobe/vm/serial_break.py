@@ -15,6 +15,7 @@ import contextlib
 import socket
 import time
 from pathlib import Path
+from typing import Callable
 
 from vmprobe.errors import QemuError
 
@@ -26,10 +27,11 @@ def console_socket(console_log: Path) -> Path:
     return console_log.with_name("console.sock")
 
 
-def send_sysrq(sock_path: Path, key: str, *, settle: float = 0.2, timeout: float = 5) -> None:
+def send_sysrq(sock_path: Path, key: str, *, settle: float = 0.2, timeout: float = 5,
+               until: Callable[[], bool] | None = None) -> None:
     """A BREAK on the console's serial line, then ``key``. While connected the client must read
     (QEMU holds the console's output back for a client that does not), so it drains until it
-    closes."""
+    closes: ``settle`` seconds after the key, or as soon as ``until()`` says the key was seen."""
     if len(key) != 1:
         raise ValueError(f"a SysRq key is one character, not {key!r}")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -43,16 +45,16 @@ def send_sysrq(sock_path: Path, key: str, *, settle: float = 0.2, timeout: float
         sock.sendall(IAC_BREAK)
         _drain(sock, settle)       # the break is handled before the key arrives
         sock.sendall(key.encode())
-        _drain(sock, settle)
+        _drain(sock, settle, until)
     finally:
         with contextlib.suppress(OSError):
             sock.close()
 
 
-def _drain(sock: socket.socket, seconds: float) -> None:
+def _drain(sock: socket.socket, seconds: float, until: Callable[[], bool] | None = None) -> None:
     deadline = time.monotonic() + seconds
-    sock.settimeout(0.05)
-    while time.monotonic() < deadline:
+    sock.settimeout(0.02 if until else 0.05)
+    while time.monotonic() < deadline and not (until and until()):
         try:
             if not sock.recv(65536):
                 return

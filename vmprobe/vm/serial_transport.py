@@ -43,7 +43,8 @@ from vmprobe.vm.ssh import CommandResult
 
 CHUNK = 24 * 1024     # raw bytes per upload chunk: 32 KiB of base64, under any kernel's tty buffers
 STDIN_PIECE = 24 * 1024
-HELLO_RETRY = 0.2     # the agent may not have its port open yet: a hello is resent this often
+HELLO_RETRY = 0.03    # the agent may not have its port open yet: a hello is resent after this,
+HELLO_RETRY_MAX = 0.4  # then at doubling intervals up to this
 
 
 class SerialError(SshError):
@@ -191,25 +192,44 @@ class SerialTransport:
 
     # -- the interface Machine uses (as GuestSsh's) ---------------------------------
     def hello(self, timeout: float) -> None:
-        """Wait for the agent to answer (it opens its port late in the boot); learn if SSH runs."""
+        """Wait for the agent to answer (it opens its port late in the boot); learn if SSH runs.
+
+        A hello written before the agent set its port up is lost: another is sent after
+        HELLO_RETRY, then at doubling intervals (at most HELLO_RETRY_MAX), and an answer to
+        any of them counts (a slow agent's late answer is not thrown away)."""
         checkpoint("ssh")
         deadline = time.monotonic() + timeout
-        while True:
-            nonce = new_nonce()
-            self.reader.expect(nonce)
-            self.send(request("H", nonce))
-            try:
-                parts = self._reply(nonce, HELLO_RETRY, "the serial agent's hello")
-            except CommandTimeout:
-                if time.monotonic() >= deadline:
-                    raise SerialError(f"the guest's serial agent on {self.port} did not answer within "
-                                      f"{timeout:.0f}s (is /bin/vmprobe-agent in its initramfs?)") from None
-                continue
-            finally:
-                self.reader.forget(nonce)
-            if parts[0] == "hello":
-                self.ssh_available = "ssh=1" in parts
-                return
+        sent: list[str] = []
+        retry, checked = HELLO_RETRY, 0.0
+        try:
+            while True:
+                nonce = new_nonce()
+                self.reader.expect(nonce)
+                sent.append(nonce)
+                self.send(request("H", nonce))
+                resend = min(deadline, time.monotonic() + retry)
+                retry = min(retry * 2, HELLO_RETRY_MAX)
+                while True:
+                    for n in sent:
+                        lines = self.reader.lines[n]
+                        while lines:
+                            answer = lines.pop(0)
+                            if answer[0] == "hello":
+                                self.ssh_available = "ssh=1" in answer
+                                return
+                    now = time.monotonic()
+                    if now >= deadline:
+                        raise SerialError(f"the guest's serial agent on {self.port} did not answer within "
+                                          f"{timeout:.0f}s (is /bin/vmprobe-agent in its initramfs?)")
+                    if now >= resend:
+                        break
+                    if self.alive and now - checked > 0.5:
+                        checked = now
+                        self.alive()
+                    self._pump(resend)
+        finally:
+            for n in sent:
+                self.reader.forget(n)
 
     def run(self, command: str, timeout: float = 60, *, check: bool = False,
             stdout: BinaryIO | None = None, stderr: BinaryIO | None = None) -> CommandResult:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import base64
 import logging
 import secrets
+import select
 import shlex
-import socket
 import subprocess
 import threading
 import time
@@ -20,6 +20,7 @@ from vmprobe.errors import CommandTimeout, ConfigError, SshError
 from vmprobe.host.interrupts import checkpoint
 
 logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+POLL = 0.05   # longest wait between looks at a quiet channel (data or EOF wakes it at once)
 
 
 @dataclass(frozen=True)
@@ -180,16 +181,14 @@ class GuestSsh:
              stdout: BinaryIO | None = None, stderr: BinaryIO | None = None) -> CommandResult:
         deadline = time.monotonic() + timeout
         out, err = bytearray(), bytearray()
-        channel.settimeout(0.1)
         try:
             while True:
+                select.select([channel], [], [], POLL)   # either stream has data, or EOF
                 got = False
-                for recv, buf, sink in ((channel.recv, out, stdout), (channel.recv_stderr, err, stderr)):
-                    try:
+                for ready, recv, buf, sink in ((channel.recv_ready, channel.recv, out, stdout),
+                                               (channel.recv_stderr_ready, channel.recv_stderr, err, stderr)):
+                    while ready():
                         chunk = recv(65536)
-                    except socket.timeout:
-                        continue
-                    if chunk:
                         got = True
                         buf += chunk
                         if sink:
@@ -205,6 +204,8 @@ class GuestSsh:
                                          detail=(out + err).decode(errors="replace")[-2000:] or None)
                 if not got:
                     self._transport()
+                    if channel.eof_received:   # the exit status is on its way: select would not wait
+                        time.sleep(0.005)
             status = channel.recv_exit_status()
             if status == -1:  # the channel closed without an exit status
                 transport = self.client.get_transport() if self.client else None

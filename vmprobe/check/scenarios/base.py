@@ -58,11 +58,12 @@ class ScenarioCheck(CheckLifecycle):
             r.skipped = f"{self.spec.name} does not apply: {why}"
             r.check(f"{self.spec.name} applies to this kernel", None, why)
             return r
+        self.m.gdbs.ahead()   # gdb starts while the module builds
         with self.observed():
             with self.phase("build"):
                 self.module = build_scenario_module(k, self.spec.module, self.log)
             with self.phase("gdb-attach"):
-                self.gdb = Gdb(self.m.profile.gdb_binary, arch=self.m.profile.gdb_arch)
+                self.gdb = self.m.gdbs.take()
                 self.gdb.attach(self.m.gdb_socket)
                 self.gdb.cont()
             self._run()
@@ -177,6 +178,8 @@ class ScenarioCheck(CheckLifecycle):
         if self.gdb:
             self.gdb.close()
             self.gdb = None
+        else:
+            self.m.gdbs.close()   # started ahead, never taken (the check ended before)
 
     def cleanup(self) -> None:
         """A scenario's own leftovers in the guest (e.g. a target process)."""
