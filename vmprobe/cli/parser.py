@@ -22,7 +22,7 @@ AFTER_ENTRY = "after-entry"              # vmprobe.check.probe.AFTER_ENTRY (like
 TRANSPORTS = ("auto", "ssh", "serial")   # vmprobe.vm.transport.TRANSPORTS (likewise)
 USERLANDS = ("auto", "modern", "old")    # "auto" + vmprobe.arch.eras.USERLANDS (likewise)
 #: the subcommands (build_parser(only=…) builds one of them)
-COMMANDS = ("kernels", "exec", "shell", "up", "down", "ls", "probe", "gdb", "repro", "matrix", "doctor", "rootfs")
+COMMANDS = ("kernels", "exec", "shell", "rootfs", "up", "down", "ls", "probe", "gdb", "repro", "matrix", "doctor")
 
 def _offset(text: str) -> int | str:
     if text == AFTER_ENTRY:

@@ -33,7 +33,7 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 from vmprobe.arch import ArchProfile, image_problem, profile_for
 from vmprobe.arch.eras import diagnose_boot
 from vmprobe.errors import GuestCrash, QemuError, SshError, VmprobeError
-from vmprobe.formats.crash import find_crashes, first_fatal
+from vmprobe.formats.crash import first_fatal
 from vmprobe.guest import rootfs
 from vmprobe.host import progress
 from vmprobe.host.cache import sha256_file
@@ -47,6 +47,7 @@ from vmprobe.vm.console import Console, raise_qemu_gone
 from vmprobe.vm.gdb_ahead import GdbStarter
 from vmprobe.vm.guest_shell import GuestShell, WaitingExec
 from vmprobe.vm.qemu_command import QemuInputs, free_port, qemu_command
+from vmprobe.vm.snapshot import SnapshotUnusable
 from vmprobe.vm.ssh import RunKeys
 from vmprobe.vm.transport import GuestTransport
 
@@ -396,12 +397,7 @@ class Machine:
             self.check_alive(since=mark, what=what)
             raise
         if not allow_crash:
-            # a splat the kernel lives on after (a WARNING, a debug check) is a finding for the
-            # caller to collect from the console, not a crash
-            crashes = [c for c in find_crashes(self.console.since(mark)) if not c.is_splat]
-            if crashes:
-                raise GuestCrash(f"the guest kernel reported {crashes[0].title} while running {command!r}",
-                                 detail=crashes[0].excerpt)
+            panics.raise_if_fatal(self.console.since(mark), f"while running {command!r}")
         return result
 
     def prepare(self, command: str):
@@ -413,10 +409,6 @@ class Machine:
 
 class _PortTaken(Exception):
     pass
-
-
-class SnapshotUnusable(QemuError):
-    """QEMU could not load a saved state (truncated, corrupted, or made by another build)."""
 
 
 @atexit.register

@@ -14,6 +14,9 @@ from __future__ import annotations
 import asyncio
 import time
 
+from vmprobe.errors import GuestCrash
+from vmprobe.formats.crash import find_crashes
+
 
 def qemu_args(device: str = "pvpanic") -> tuple[str, ...]:
     """The pvpanic device (``pvpanic`` on ISA, ``pvpanic-pci`` on virt) and the action."""
@@ -68,3 +71,10 @@ def silent_panic_message(reason: str, what: str) -> str:
 
 __all__ = ["DRAIN_SECONDS", "PANIC_EVENT", "PANIC_NOTE", "PanicWatch", "qemu_args", "silent_panic_message"]
 
+
+def raise_if_fatal(console_text: str, during: str) -> None:
+    """GuestCrash for the first fatal report in ``console_text``. A splat the kernel lives on
+    after (a WARNING, a debug check) is a finding for the caller to collect, not a crash."""
+    crashes = [c for c in find_crashes(console_text) if not c.is_splat]
+    if crashes:
+        raise GuestCrash(f"the guest kernel reported {crashes[0].title} {during}", detail=crashes[0].excerpt)

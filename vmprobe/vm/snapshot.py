@@ -172,3 +172,7 @@ def _make(m: "Machine", base: rootfs.BaseImage, inputs: dict, directory: Path) -
                 created=time.time())
     (directory / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     (directory / "verified").write_text(_stat_stamp(state))
+
+
+class SnapshotUnusable(QemuError):
+    """QEMU could not load a saved state (truncated, corrupted, or made by another build)."""
