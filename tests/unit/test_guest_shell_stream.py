@@ -34,3 +34,15 @@ def test_no_marker_means_no_end():
     s = _Stream(MARKER, None)
     s.feed(MARKER[:-1])
     assert s.end is None and s.after_marker() == b""
+
+
+def test_a_short_line_is_passed_on_at_once():
+    """'started\\n' is shorter than the marker: only a tail that could begin the marker waits."""
+    sink = io.BytesIO()
+    s = _Stream(MARKER, sink)
+    s.feed(b"started\n")
+    assert sink.getvalue() == b"started\n"
+    s.feed(b"half " + MARKER[:5])
+    assert sink.getvalue() == b"started\nhalf "      # 'vmpro' might begin the marker: held
+    s.feed(b"no")                                   # it did not
+    assert sink.getvalue() == b"started\nhalf vmprono"

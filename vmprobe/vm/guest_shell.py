@@ -51,11 +51,18 @@ class _Stream:
             if at >= 0:
                 self.end = at
         if self.sink is not None:
-            upto = self.end if self.end is not None else max(self.passed, len(self.buf) - len(self.marker) + 1)
+            upto = self.end if self.end is not None else max(self.passed, len(self.buf) - self._held())
             if upto > self.passed:
                 self.sink.write(bytes(self.buf[self.passed:upto]))
                 self.sink.flush()
                 self.passed = upto
+
+    def _held(self) -> int:
+        """How many trailing bytes could be the start of the marker (held back until known)."""
+        for n in range(min(len(self.marker) - 1, len(self.buf)), 0, -1):
+            if self.buf.endswith(self.marker[:n]):
+                return n
+        return 0
 
     @property
     def output(self) -> bytes:
@@ -156,8 +163,12 @@ class Started:
                     err.feed(channel.recv_stderr(65536))
                     got = True
                 if not got and (channel.closed or channel.eof_received or channel.exit_status_ready()):
-                    raise SshError(f"the guest's shell ended while running {command!r}",
-                                   detail=(out.output + err.output).decode(errors="replace")[-2000:] or None)
+                    detail = (out.output + err.output).decode(errors="replace")[-2000:] or None
+                    transport = channel.get_transport()
+                    if transport is None or not transport.is_active():   # worded as GuestSsh.run does
+                        raise SshError(f"the SSH connection to the guest dropped while running {command!r}",
+                                       detail=detail)
+                    raise SshError(f"the guest's shell ended while running {command!r}", detail=detail)
                 if time.monotonic() > deadline:
                     raise CommandTimeout(f"{command!r} did not finish within {timeout:.0f}s in the guest",
                                          detail=(out.output + err.output).decode(errors="replace")[-2000:] or None)
