@@ -33,6 +33,13 @@ def test_same_answer_as_an_ssh_exec(vm, command):
     assert (shell.status, shell.stdout, shell.stderr) == (exec_.status, exec_.stdout, exec_.stderr)
 
 
+def test_dollar_dollar_is_the_commands_own_shell(vm):
+    """As in an SSH exec's ``sh -c``: a script that arms a probe for "this shell's forks" (echo $$ >
+    …/pid) must see its forks' parent pid (tests/vm/test_faults.py does)."""
+    out = vm.run("echo $$; cat /proc/self/stat; :", 30).stdout.splitlines()   # `; :`: cat is forked
+    assert out[0] == out[1].split()[3], out
+
+
 def test_stdin_is_dev_null_not_the_shells_command_stream(vm):
     assert vm.run("cat; echo after", 30).stdout == "after\n"
 

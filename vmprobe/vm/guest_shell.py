@@ -1,10 +1,12 @@
-"""One long-lived shell in the guest: a command costs a subshell fork, not an SSH session.
+"""One long-lived shell in the guest: a command costs a fork and exec of ``sh``, not an SSH session.
 
 Every SSH exec makes dropbear fork a session and exec ``sh -c``; under TCG that
 is 0.1–0.3 s of guest time per command, and a probe check runs a dozen short
 commands. This keeps one ``sh`` reading commands on a channel's stdin. Each
-command runs as ``( eval 'COMMAND' ) </dev/null`` (a subshell: ``exit``, ``cd``
-or variables cannot touch the next command; stdin is not the command stream),
+command runs as ``sh -c 'COMMAND' </dev/null``, as an SSH exec would run it
+(``$$`` is its own shell's pid, as scripts that arm a probe for "this shell's
+forks" expect; ``exit``, ``cd`` or variables cannot touch the next command;
+stdin is not the command stream),
 followed by a marker with a fresh nonce on stdout (with the exit status) and
 on stderr: the output is what came before the markers.
 
@@ -133,7 +135,7 @@ class Started:
         self.sent = False
 
     def go(self) -> None:
-        line = (f"( eval {shlex.quote(self.command)}\n) </dev/null; printf '%s %d\\n' {self.nonce} $?; "
+        line = (f"sh -c {shlex.quote(self.command)} </dev/null; printf '%s %d\\n' {self.nonce} $?; "
                 f"printf '%s\\n' {self.nonce} >&2\n")
         try:
             _drain(self.channel)   # late output of an earlier command's background job is not this one's
