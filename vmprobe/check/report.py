@@ -9,8 +9,6 @@ from pathlib import Path
 
 from vmprobe.check import findings as _findings
 
-split_findings = _findings.split   # (crashes, findings) of a console's reports
-
 
 @dataclass
 class Check:
