@@ -39,7 +39,25 @@ def test_serial_commands_uploads_and_timeouts(serial_vm, tmp_path):
     assert m.run("echo after", 30).stdout == "after\n"
 
 
-@pytest.mark.slow   # intermittent: a command over ttyS1 sometimes never answers (issue 17 note)
+def test_serial_answers_every_command_while_others_end(serial_vm):
+    """Short commands back to back while started ones end at staggered moments: an ending
+    command signals the agent while a request is half-way through the UART (the race
+    that lost requests before rootfs/agent's spawner)."""
+    m = serial_vm
+    feeder = m.ssh.start("while read -r line; do echo \"$line\"; done")
+    sleepers = []
+    for i in range(100):
+        sleepers.append(m.ssh.start(f"usleep {(i * 7919) % 40000}; echo {i}"))
+        assert m.run(f"echo {i}", 10).stdout == f"{i}\n", f"command {i}"
+        if i % 10 == 0:
+            feeder.sendall(f"fed {i}\n".encode())
+    for i, sleeper in enumerate(sleepers):
+        assert m.ssh.wait(sleeper, f"sleeper {i}", 10).stdout == f"{i}\n"
+    feeder.shutdown_write()
+    fed = m.ssh.wait(feeder, "the echo loop", 10).stdout.splitlines()
+    assert fed == [f"fed {i}" for i in range(0, 100, 10)]
+
+
 def test_probe_check_over_serial(serial_vm, fork_module):
     report = run_probe_check(serial_vm, fork_module, ProbeOptions(offset=5, post_handler=True))
     d = report.to_dict()
