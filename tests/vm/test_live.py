@@ -23,9 +23,10 @@ def _name() -> str:
     return f"t{secrets.token_hex(3)}"
 
 
-def _cli(*args, timeout=300, **kw):
+def _cli(*args, timeout=300, input=None, **kw):
     return subprocess.run([sys.executable, "-m", "vmprobe", *args], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL, **kw)
+                          timeout=timeout, input=input, stdin=None if input is not None else subprocess.DEVNULL,
+                          **kw)
 
 
 def _gone(info: dict, timeout: float = 15) -> None:
@@ -94,6 +95,20 @@ def test_up_exec_probe_down(live, tmp_path):
     assert res.returncode == 0, res.stderr
     _gone(info)
     assert _cli("exec", "--on", name, "--", "true").returncode == 65
+
+
+def test_up_over_serial_keeps_its_transport(live, tmp_path):
+    """`up --transport serial`: the live VM's commands, probe and piped shell go over the agent."""
+    info = live("--transport", "serial")
+    name = info["name"]
+    assert info["transport"] == "serial"
+    res = _cli("exec", "--on", name, "--", "uname -r; echo err >&2; exit 3")
+    assert (res.returncode, res.stdout.strip()) == (3, info["release"]) and "err" in res.stderr, res.stderr
+    res = _cli("shell", "--on", name, input="echo piped $((6*7))\n")
+    assert res.returncode == 0 and res.stdout == "piped 42\n", res.stderr
+    res = _cli("probe", "--on", name, "--json", str(tmp_path / "r.json"))
+    assert res.returncode == 0 and json.loads((tmp_path / "r.json").read_text())["verdict"] == "pass", \
+        res.stdout + res.stderr
 
 
 def test_idle_timeout(live):

@@ -59,6 +59,18 @@ def test_matrix_on_bookworm(tmp_path, vmprobe_cli, accel, no_leaks):
 
 
 @pytest.mark.vm
+def test_matrix_over_the_serial_transport(tmp_path, vmprobe_cli, accel, no_leaks):
+    """--transport reaches every worker's VM: the check's commands went over the serial agent."""
+    out_json = tmp_path / "m.json"
+    res = vmprobe_cli("matrix", "--kernels", "debian:bookworm", "--accel", accel, "--checks", "int3",
+                      "--transport", "serial", "--json", str(out_json), timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    (k,) = json.loads(out_json.read_text())["kernels"]
+    (c,) = k["checks"]
+    assert c["verdict"] == "pass" and c["report"]["repro"]["machine"]["transport"] == "serial"
+
+
+@pytest.mark.vm
 def test_kernel_that_runs_out_of_time_is_stopped_and_reported(tmp_path, vmprobe_cli, accel, no_leaks):
     """A kernel past --kernel-timeout: its worker is stopped (VM included) and every check is an error."""
     out_xml = tmp_path / "m.xml"

@@ -171,7 +171,8 @@ def cmd_matrix(args) -> int:
     args.checks = args.checks + args.scenarios
     smp = args.smp or max([1, *(default_smp(n) for n in args.scenarios)])
     machine_kw = {"accel": args.accel, "smp": smp, "memory": args.memory,
-                  "boot_timeout": args.boot_timeout, "warm": not args.cold}
+                  "boot_timeout": args.boot_timeout, "warm": not args.cold,
+                  "transport": args.transport, "userland": args.userland}
     _log(f"vmprobe matrix: {len(specs)} kernel(s) × {', '.join(args.checks)} with {jobs} worker(s)")
     os.environ.setdefault("VMPROBE_PROGRESS", "0")  # parallel workers would draw over each other
     result = matrix.run_matrix(specs, args.checks, jobs=jobs, machine_kw=machine_kw,

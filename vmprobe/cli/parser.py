@@ -55,11 +55,16 @@ def _machine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--boot-timeout", type=float, default=120, help="seconds to reach READY (default 120)")
     p.add_argument("--append", action="append", default=[], help="extra kernel command-line argument")
     p.add_argument("--console-log", type=Path, help="save the guest's serial console to this file")
+    _transport_arg(p)
+    _userland_arg(p)
+    _cold_arg(p)
+
+
+def _transport_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--transport", choices=TRANSPORTS, default=os.environ.get("VMPROBE_TRANSPORT", "auto"),
                    help="how commands reach the guest: ssh, serial (the serial agent on a second port: "
                         "no network needed), or auto: SSH when the guest runs it (default)")
-    _userland_arg(p)
-    _cold_arg(p)
+
 
 def _userland_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--userland", choices=USERLANDS, default=os.environ.get("VMPROBE_USERLAND", "auto"),
@@ -67,6 +72,7 @@ def _userland_arg(p: argparse.ArgumentParser) -> None:
                         "busybox built with musl, for kernels before 3.2 that glibc refuses; no SSH: "
                         "commands go over the serial agent), or auto: by the kernel's version "
                         "(default $VMPROBE_USERLAND, else auto)")
+
 
 def _cold_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cold", action="store_true", default=bool(os.environ.get("VMPROBE_COLD")),
@@ -229,6 +235,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         mx.add_argument("--memory", default="1G", help="guest memory (default 1G)")
         mx.add_argument("--boot-timeout", type=float, default=120, help="seconds to reach READY (default 120)")
         _cold_arg(mx)
+        _transport_arg(mx)
+        _userland_arg(mx)
         mx.add_argument("--kernel-timeout", type=float, default=KERNEL_TIMEOUT,
                         help=f"seconds one kernel may take in all, fetch included (default {KERNEL_TIMEOUT:.0f})")
 

@@ -31,7 +31,7 @@ import time
 import traceback
 from pathlib import Path
 
-from vmprobe.errors import QemuError, VmprobeError
+from vmprobe.errors import ConfigError, QemuError, VmprobeError
 from vmprobe.runs import live_client as wire
 from vmprobe.runs.live_client import INFO, SOCKET
 
@@ -101,7 +101,7 @@ class Supervisor:
                 "arch": self.kernel.arch, "accel": m.accel, "started": self.started,
                 "idle_timeout": self.idle_timeout, "qemu_pid": m.proc.pid, "workdir": str(m.workdir),
                 "gdb_socket": str(m.gdb_socket), "console_log": str(m.console_log),
-                "command_line": m.command_line, "warm": m.warm}
+                "command_line": m.command_line, "warm": m.warm, "transport": m.ssh.name}
         tmp = self.dir / f"{INFO}.tmp"
         tmp.write_text(json.dumps(info, indent=1) + "\n")
         os.replace(tmp, self.dir / INFO)
@@ -262,6 +262,9 @@ class Supervisor:
         return {"insmod": f"insmod {guest} {req.get('params', '')}".rstrip(), "ko": str(module.path)}
 
     def op_shell(self, conn, req) -> dict:
+        if self.machine.ssh.name != "ssh":
+            raise ConfigError(f"an interactive shell needs SSH (a pty); the live VM {self.name!r} runs over "
+                              f"the serial transport: pipe a script in (vmprobe shell --on {self.name} < script.sh)")
         channel = self.machine.ssh._transport().open_session()
         channel.get_pty(term=req.get("term", "vt100"), width=req.get("cols", 80), height=req.get("rows", 24))
         channel.invoke_shell()

@@ -209,7 +209,8 @@ def up(args, log) -> int:
     from vmprobe.vm.machine import Machine
     kernel = get_kernel(args.kernel, log=log)
     machine_kw = {"accel": args.accel, "smp": args.smp or 1, "memory": args.memory,
-                  "boot_timeout": args.boot_timeout, "append": tuple(args.append), "warm": not args.cold}
+                  "boot_timeout": args.boot_timeout, "append": tuple(args.append), "warm": not args.cold,
+                  "transport": args.transport, "userland": args.userland}
     if args.dry_run:
         from vmprobe.runs.guest_files import dry_run
         return dry_run(Machine(kernel, **machine_kw))
