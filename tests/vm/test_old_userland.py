@@ -62,7 +62,7 @@ def test_exported_guest_boots_with_secrets_over_the_control_port(kernel, accel, 
         assert ["-initrd", str(image)] == m.command_line[m.command_line.index("-initrd"):][:2]
         assert "vmprobe.warm=ttyS1" in m.command_line[m.command_line.index("-append") + 1]
         assert re.search(r"VMPROBE-SNAPSHOT-POINT$", m.console.text, re.M)
-        assert re.search(rf"VMPROBE-READY {m.nonce}$", m.console.text, re.M)
+        assert re.search(rf"VMPROBE-READY {m.nonce} ssh=1$", m.console.text, re.M)
         # SSH let this run's key in: the key came over the control port, not in the image
         assert m.ssh.name == "ssh"
         assert m.run("cat /root/.ssh/authorized_keys").stdout.strip() == m.ssh.keys.authorized_key

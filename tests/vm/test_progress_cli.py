@@ -22,7 +22,7 @@ def test_verbose_streams_the_console_to_stderr(vmprobe_cli, accel, monkeypatch):
     assert result.stdout == f"{release}\n"                      # stdout stays the command's
     err = result.stderr
     assert f"Linux version {release} " in err                   # the boot, from the first line …
-    assert re.search(r"\] VMPROBE-READY [0-9a-f]{16}$", err, re.M)  # … to the READY marker
+    assert re.search(r"\] VMPROBE-READY [0-9a-f]{16} ssh=1$", err, re.M)  # … to the READY marker
     assert "\x1b[" not in err                                   # no progress drawn over it
 
 

@@ -28,7 +28,7 @@ def test_restores_share_the_layout_but_not_keys_nonce_clock_or_randomness(kernel
         assert a._incoming == b._incoming and a._incoming.is_file()   # one saved state, read by both
         assert a.nonce != b.nonce
         for m in (a, b):
-            assert re.search(rf"\] VMPROBE-READY {m.nonce}$", m.console.text, re.M)
+            assert re.search(rf"\] VMPROBE-READY {m.nonce} ssh=1$", m.console.text, re.M)
             assert "VMPROBE-SNAPSHOT-POINT" not in m.console.text  # the console is this run's only
         fa, fb = _facts(a), _facts(b)
         now = time.time()

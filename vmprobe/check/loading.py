@@ -4,7 +4,7 @@ BusyBox ``insmod`` falls back to ``init_module`` when ``finit_module`` fails,
 so a module whose init fails ran its init twice (its lines printed twice,
 its side effects done twice). The probe check, the scenarios, the check of
 any module and ``vmprobe gdb`` all load through ``load_once``, which uploads
-vmprobe-insmod (modules/loader.py) and reads the errno it reports; each
+vmprobe-insmod (guest/loader.py) and reads the errno it reports; each
 caller turns a failure into its own specific message.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmprobe.errors import ModuleLoadError
-from vmprobe.modules.loader import loader_for
+from vmprobe.guest.loader import loader_for
 
 LOADER = "/tmp/vmprobe-insmod"
 GUEST_DIR = "/tmp"

@@ -29,6 +29,7 @@ pipeline of passes over the console text:
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import asdict, dataclass, field
 
@@ -93,8 +94,13 @@ def _compile(f: Format) -> _Row:
                 f.bare if f.bare is not None else re.sub(r" (?:in|at) \{\w+\}", "", f.title))
 
 
-_ANY = re.compile(HEADER_PREFIX + "(?:" + "|".join(re.sub(r"\(\?P<\w+>", "(?:", f.header) for f in FORMATS) + ")")
-_ROWS = [_compile(f) for f in FORMATS]
+@functools.cache
+def _table() -> tuple[re.Pattern, list[_Row]]:
+    """Any header, and each format's row: compiled on first use (≈60 ms, which a command that
+    never meets a report, e.g. a warm ``vmprobe exec``, does not pay)."""
+    any_header = re.compile(HEADER_PREFIX + "(?:" + "|".join(re.sub(r"\(\?P<\w+>", "(?:", f.header)
+                                                             for f in FORMATS) + ")")
+    return any_header, [_compile(f) for f in FORMATS]
 
 
 # -- pass 1: console records ---------------------------------------------------------------
@@ -145,9 +151,10 @@ _Hit = tuple[_Row, re.Match]
 
 
 def _match(message: str) -> _Hit | None:
-    if not message or not _ANY.match(message) or SUPPRESS.match(message):
+    any_header, rows = _table()
+    if not message or not any_header.match(message) or SUPPRESS.match(message):
         return None
-    return next(((row, m) for row in _ROWS if (m := row.header.match(message))), None)
+    return next(((row, m) for row in rows if (m := row.header.match(message))), None)
 
 
 def _starts(recs: list[_Rec]) -> dict[int, _Hit]:

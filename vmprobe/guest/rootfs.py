@@ -24,10 +24,11 @@ from pathlib import Path
 from vmprobe.arch import profile_for
 from vmprobe.arch.eras import guest_userland as era_userland
 from vmprobe.config import ROOTFS_DIR, cache_dir
-from vmprobe.errors import ConfigError
+from vmprobe.errors import ConfigError, ModuleBuildError
 from vmprobe.formats.cpio import NewcArchive
 from vmprobe.formats.elf import modinfo, read_module
 from vmprobe.guest import musl_busybox
+from vmprobe.guest.loader import loader_for
 from vmprobe.guest import userland as guest_userland
 from vmprobe.host import cache
 from vmprobe.host.interrupts import checkpoint
@@ -151,6 +152,13 @@ def _base_inputs(kernel: Kernel, userland: str, log=None) -> tuple[list[tuple[st
         files.append((guest_path, host))
         for lib in ldd_closure(host):
             files.append((str(lib), lib))
+    try:   # one freestanding binary: the guest's insmod without retries, and a restore's clock and RNG
+        tool = loader_for(profile_for(kernel.arch))
+        files += [("/bin/vmprobe-insmod", tool), ("/bin/vmprobe-restored", tool)]
+    except (ConfigError, ModuleBuildError) as exc:
+        if log:
+            log(f"vmprobe: the guest goes without vmprobe-insmod/vmprobe-restored ({exc.message}): "
+                f"a restore then seeds the RNG by a write to /dev/urandom alone")
     modules = required_modules(kernel.modules_path, _wanted_modules())
     return list(dict(files).items()), modules   # a library two programs need goes in once
 

@@ -135,9 +135,10 @@ def check_manifest(root: Path) -> str | None:
         return None
     except (OSError, ValueError) as exc:
         return f"its file list {MANIFEST} is unreadable ({exc})"
+    base = os.fspath(root)
     for rel, size in recorded.items():
         try:
-            have = os.stat(root / rel).st_size
+            have = os.stat(os.path.join(base, rel)).st_size
         except OSError:
             return f"{rel} is missing"
         if have != size:

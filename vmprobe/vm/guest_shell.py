@@ -25,7 +25,7 @@ import time
 from typing import TYPE_CHECKING, BinaryIO
 
 from vmprobe.errors import CommandTimeout, SshError
-from vmprobe.vm.ssh import CommandResult
+from vmprobe.vm.results import CommandResult
 
 if TYPE_CHECKING:
     import paramiko

@@ -26,6 +26,7 @@ import tempfile
 import time
 import weakref
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
@@ -48,11 +49,13 @@ from vmprobe.vm.gdb_ahead import GdbStarter
 from vmprobe.vm.guest_shell import GuestShell, WaitingExec
 from vmprobe.vm.qemu_command import QemuInputs, free_port, qemu_command
 from vmprobe.vm.snapshot import SnapshotUnusable
-from vmprobe.vm.ssh import RunKeys
 from vmprobe.vm.transport import GuestTransport
 
+if TYPE_CHECKING:
+    from vmprobe.vm.ssh import RunKeys
+
 # the guest's markers, logged through /dev/kmsg (so after a printk timestamp)
-READY = r"\bVMPROBE-READY {nonce}$"
+READY = r"\bVMPROBE-READY {nonce}(?: ssh=(?P<ssh>[01]))?$"   # ssh=1: its SSH server is up
 SNAPSHOT_POINT = r"\bVMPROBE-SNAPSHOT-POINT$"
 logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)  # failures surface as QemuError
 _live: "weakref.WeakSet[Machine]" = weakref.WeakSet()
@@ -85,6 +88,7 @@ class Machine:
         self.userland = userland                 # the guest's userland: auto (by era), modern or old
         self.guest_image = guest_image           # an exported guest (rootfs export), booted as it is
         self._keys_over_control = False          # a guest without secrets: they come on the control port
+        self._keys: RunKeys | None = None         # this run's SSH keys (run_keys: made on first use)
         self.accel: str | None = None
         self.ssh_port: int | None = None
         self.command_line: list[str] = []
@@ -127,8 +131,7 @@ class Machine:
         self.workdir = Path(tempfile.mkdtemp(prefix="vmprobe-", dir=runtime_dir()))
         os.chmod(self.workdir, 0o700)
         _live.add(self)
-        problem = image_problem(self.profile, self.kernel.image_path)
-        if problem:
+        if problem := image_problem(self.profile, self.kernel.image_path):
             raise QemuError(problem)
         self.accel = choose_accel(self.requested_accel, self.profile, self.kernel.image_path, self.log)
         if self._snapshot_source:
@@ -138,33 +141,40 @@ class Machine:
                                      f"under {self.accel})")
             self.timings["boot"] = time.monotonic() - self._started
             return
-        keys = RunKeys.generate(self.workdir)
         if self.warm:
             try:
-                self._restore(keys)
+                self._restore()
             except SnapshotUnusable as exc:
                 from vmprobe.vm.snapshot import discard_snapshot
                 self.log(f"vmprobe: {exc.message}; making the snapshot again")
                 self._stop_qemu(timeout=1)
                 discard_snapshot(self._image.directory)
-                self._restore(keys)
+                self._restore()
         elif self.guest_image or rootfs.embeds_guest(self.kernel):
-            self._boot_keys_over_control(keys)
+            self._boot_keys_over_control()
         else:
             base = rootfs.build_base(self.kernel, self.userland, log=self.log)
+            keys = self.run_keys()
             initrd = rootfs.assemble(base, rootfs.run_layer(keys.authorized_key, keys.host_key_file),
                                      self.workdir / "initrd.img")
             self.timings["rootfs"] = time.monotonic() - t0
             self._start(initrd)
-        self.console.expect(READY.format(nonce=self.nonce), self.boot_timeout,
+        ready = self.console.expect(READY.format(nonce=self.nonce), self.boot_timeout,
                             what=f"the guest's READY marker ({'restore' if self._incoming else 'boot'} "
                                  f"of {self.kernel.release} under {self.accel})")
         self.timings["boot"] = time.monotonic() - self._started
         t2 = time.monotonic()
-        self.ssh = transports.connect(self, keys, self.transport)
+        self.ssh = transports.connect(self, self.run_keys(), self.transport, ssh_up=ready.group("ssh"))
         self.timings["ssh"] = time.monotonic() - t2
 
-    def _boot_keys_over_control(self, keys: RunKeys) -> None:
+    def run_keys(self) -> RunKeys:
+        """This run's SSH keys, made on first use: on a warm start while QEMU loads its state."""
+        if self._keys is None:
+            from vmprobe.vm.ssh import RunKeys
+            self._keys = RunKeys.generate(self.workdir)
+        return self._keys
+
+    def _boot_keys_over_control(self) -> None:
         """Boot a guest image that holds no secret (exported, or built into the kernel): at its
         snapshot point it waits on the control port for this run's line, as a restored one does."""
         if not self.profile.control_port:
@@ -173,7 +183,7 @@ class Machine:
         self._start(self.guest_image or rootfs.build_base(self.kernel, self.userland, log=self.log).path)
         self.console.expect(SNAPSHOT_POINT, self.boot_timeout, what=f"the guest's snapshot point (boot of "
                             f"{self.kernel.release} from a guest without secrets, under {self.accel})")
-        transports.control(self).sendall(keys.control_line(self.nonce))
+        transports.control(self).sendall(self.run_keys().control_line(self.nonce))
 
     def _start(self, initrd: Path) -> None:
         """Start QEMU on a free loopback port for the SSH forward (retried if taken meanwhile)."""
@@ -200,7 +210,7 @@ class Machine:
             return None
         return self._image.kallsyms(lambda: self.run("cat /proc/kallsyms", 120).stdout)
 
-    def _restore(self, keys: RunKeys) -> None:
+    def _restore(self) -> None:
         from vmprobe.vm.snapshot import ensure_snapshot
         t0 = time.monotonic()
         image = ensure_snapshot(self)
@@ -215,9 +225,10 @@ class Machine:
                 raise
             raise SnapshotUnusable(exc.message, detail=exc.detail, exit_status=exc.exit_status,
                                    command=exc.command, output=exc.output) from None
-        self._resume(keys)
+        self.run_keys()   # while QEMU loads the state
+        self._resume()
 
-    def _resume(self, keys: RunKeys, timeout: float = 60) -> None:
+    def _resume(self, timeout: float = 60) -> None:
         """Wait for QEMU to load the saved state, run the guest, and send it this run's line."""
         deadline = time.monotonic() + timeout
         what = f"the saved state {self._incoming}"
@@ -233,7 +244,7 @@ class Machine:
                                    f"{what}", detail=self.qemu_stderr()) from None
         if state != "running":
             self.qmp.cmd("cont")
-        transports.control(self).sendall(keys.control_line(self.nonce))
+        transports.control(self).sendall(self.run_keys().control_line(self.nonce))
 
     def _qemu_command(self, initrd: Path, qmp_path: Path) -> list[str]:
         return qemu_command(QemuInputs(
@@ -300,26 +311,22 @@ class Machine:
         checkpoint("boot")
 
     def qemu_stderr(self) -> str:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             return self._qemu_stderr.read_text(errors="replace") if self._qemu_stderr else ""
-        except FileNotFoundError:
-            return ""
+        return ""
 
     def _exit_reason(self) -> str | None:
         if self.proc is None or self.proc.poll() is None:
             return None
-        code = self.proc.returncode
-        why = "exited" if code >= 0 else f"was killed by signal {-code}"
-        extra = self.qemu_stderr().strip()
-        detail = f" with status {code}" if code >= 0 else ""
+        code, extra = self.proc.returncode, self.qemu_stderr().strip()
+        why, detail = ("exited", f" with status {code}") if code >= 0 else (f"was killed by signal {-code}", "")
         if code >= 0 and self.panic_watch.poll(self.qmp, drain=True):
             detail += " " + panics.PANIC_NOTE
         return f"{why}{detail}" + (f" ({extra[-300:]})" if extra else "")
 
     def check_alive(self, grace: float = 0.0, since: int = 0, what: str = "the guest") -> None:
-        """Raise if the machine is no longer usable: QEMU gone, or a fatal crash on
-        the console after ``since``. With ``grace``, keep looking that long (an SSH
-        drop is often seen before QEMU's exit or the panic's last line)."""
+        """Raise if QEMU is gone or the console shows a fatal crash after ``since``; with ``grace``,
+        keep looking that long (an SSH drop is often seen before QEMU's exit or the panic's end)."""
         deadline = time.monotonic() + grace
         while True:
             reason = self._exit_reason()
@@ -377,14 +384,9 @@ class Machine:
 
     def run(self, command: str, timeout: float = 60, *, allow_crash: bool = False, **kw):
         """Run a command in the guest: in the long-lived guest shell over SSH (vm/guest_shell.py),
-        else an SSH exec of its own (see GuestSsh.run) or the serial agent.
-
-        A kernel crash while it runs is reported as such (GuestCrash with the
-        report's title), not as the SSH failure it causes; ``allow_crash`` lets a
-        caller that expects a non-fatal oops look at the console itself. Splats
-        the kernel survives (WARNING, sleeping in atomic context, lockdep,
-        KASAN, …: ``Crash.is_splat``) do not raise: they stay on the console.
-        """
+        else an SSH exec of its own (GuestSsh.run) or the serial agent. A kernel crash meanwhile
+        raises GuestCrash with the report's title, not the SSH failure it causes (``allow_crash``:
+        the caller looks at the console itself); splats the kernel survives stay on the console."""
         mark = self.console.mark()
         what = f"{command!r} to finish"
         try:

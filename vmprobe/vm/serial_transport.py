@@ -39,7 +39,7 @@ from typing import BinaryIO, Callable
 
 from vmprobe.errors import CommandTimeout, SshError
 from vmprobe.host.interrupts import checkpoint
-from vmprobe.vm.ssh import CommandResult
+from vmprobe.vm.results import CommandResult
 
 CHUNK = 24 * 1024     # raw bytes per upload chunk: 32 KiB of base64, under any kernel's tty buffers
 STDIN_PIECE = 24 * 1024

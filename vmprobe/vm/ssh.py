@@ -18,6 +18,7 @@ from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_d
 
 from vmprobe.errors import CommandTimeout, ConfigError, SshError
 from vmprobe.host.interrupts import checkpoint
+from vmprobe.vm.results import CommandResult
 
 logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 POLL = 0.05   # longest wait between looks at a quiet channel (data or EOF wakes it at once)
@@ -54,20 +55,12 @@ class RunKeys:
 
     def control_line(self, nonce: str) -> bytes:
         """The line a guest waiting on its control port (rootfs/init, vmprobe.warm) gets: the run's
-        nonce, wall clock, keys and a random seed, so its image never holds a secret."""
-        return (" ".join((nonce, str(int(time.time())), base64.b64encode(self.authorized_key.encode()).decode(),
-                          base64.b64encode(self.host_key_file).decode(), secrets.token_hex(32))) + "\n").encode()
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    status: int
-    stdout: str
-    stderr: str
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
+        nonce, wall clock, a random seed and keys, so its image never holds a secret. The host key
+        comes as printf ``%b`` escapes and the authorized key as the rest of the line: the guest
+        writes both with shell builtins (no fork on the warm path)."""
+        host_key = "".join(f"\\0{b:o}" for b in self.host_key_file)
+        return (" ".join((nonce, str(int(time.time())), secrets.token_hex(32), host_key,
+                          self.authorized_key)) + "\n").encode()
 
 
 class GuestSsh:

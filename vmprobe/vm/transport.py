@@ -1,8 +1,8 @@
 """How vmprobe talks to a guest: SSH or the serial agent, behind one interface.
 
 ``Machine.run``/``upload`` (and the probe check's ``start``/``wait``) work the
-same over either. ``auto`` asks the serial agent first (one round trip on the
-control port) whether the guest runs an SSH server, and takes SSH when it does:
+same over either. ``auto`` takes SSH when the guest runs an SSH server (its READY
+marker says so; else the serial agent is asked, one round trip on the control port):
 SSH streams output and is faster for big transfers; the serial transport needs
 no network, no virtio and no SSH server (old kernels, `kernels build` kernels
 without networking).
@@ -14,13 +14,14 @@ import socket
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from vmprobe.errors import ConfigError
+from vmprobe.vm.results import CommandResult
 from vmprobe.vm.serial_transport import SerialTransport
-from vmprobe.vm.ssh import CommandResult, GuestSsh, RunKeys
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from vmprobe.vm.machine import Machine
+    from vmprobe.vm.ssh import GuestSsh, RunKeys
 
 TRANSPORTS = ("auto", "ssh", "serial")
 
@@ -43,12 +44,15 @@ class GuestTransport(Protocol):
     def close(self) -> None: ...
 
 
-def connect(machine: "Machine", keys: RunKeys, kind: str = "auto") -> GuestTransport:
-    """The machine's transport of the kind asked for (``auto``: SSH when the guest runs it)."""
+def connect(machine: "Machine", keys: "RunKeys", kind: str = "auto", ssh_up: str | None = None) -> GuestTransport:
+    """The machine's transport of the kind asked for (``auto``: SSH when the guest runs it).
+
+    ``ssh_up`` is what the guest's READY marker said ("1": its SSH server is up), which
+    spares ``auto`` the agent's hello; without it the agent is asked."""
     if kind not in TRANSPORTS:
         raise ConfigError(f"unknown transport {kind!r} (choose from {', '.join(TRANSPORTS)})")
     port = machine.profile.control_port
-    if kind == "ssh" or (kind == "auto" and not port):
+    if kind == "ssh" or (kind == "auto" and (not port or ssh_up == "1")):
         return _ssh(machine, keys)
     if not port:
         raise ConfigError(f"the serial transport needs a second serial port, which {machine.profile.name} "
@@ -63,7 +67,8 @@ def connect(machine: "Machine", keys: RunKeys, kind: str = "auto") -> GuestTrans
     return serial
 
 
-def _ssh(machine: "Machine", keys: RunKeys) -> GuestSsh:
+def _ssh(machine: "Machine", keys: "RunKeys") -> "GuestSsh":
+    from vmprobe.vm.ssh import GuestSsh   # paramiko: imported once the guest is on its way up
     ssh = GuestSsh(machine.ssh_port, keys)
     ssh.connect(machine.ssh_timeout, alive=machine.check_alive)
     return ssh
