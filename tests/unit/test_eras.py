@@ -39,8 +39,8 @@ def test_2_6_11_gets_every_measured_quirk():
 
 
 @pytest.mark.parametrize("release, nic, nopti, quirks", [
-    ("2.6.24", "virtio-net-pci", False, {"intel-vendor-cpu", "panic-reboots-after-1s", "no-nopti",
-                                         "earlyprintk", "musl-userland"}),
+    ("2.6.24", "virtio-net-pci", False, {"i440fx-machine", "intel-vendor-cpu", "panic-reboots-after-1s",
+                                         "no-nopti", "earlyprintk", "musl-userland"}),
     ("3.1.10", "virtio-net-pci", False, {"no-nopti", "musl-userland"}),
     ("3.16.0", "virtio-net-pci", False, {"no-nopti"}),
     ("4.4.0", "virtio-net-pci", True, set()),
@@ -49,14 +49,15 @@ def test_2_6_11_gets_every_measured_quirk():
 def test_ranges_are_half_open(release, nic, nopti, quirks):
     s = boot_settings(AMD64, release)
     assert (s.nic, "nopti" in s.append, set(s.quirks)) == (nic, nopti, quirks)
+    assert s.machine == ("pc" if "i440fx-machine" in quirks else "q35")
 
 
 def test_modern_and_unreadable_releases_keep_the_profile():
     for profile in (AMD64, I386, ARM64):
         for release in ("6.1.0-57-amd64", ""):
             s = boot_settings(profile, release)
-            assert (s.cpu_tcg, s.panic, s.append, s.nic, s.quirks) == (
-                profile.cpu_tcg, "-1", profile.append, "virtio-net-pci", ())
+            assert (s.cpu_tcg, s.machine, s.panic, s.append, s.nic, s.quirks) == (
+                profile.cpu_tcg, profile.machine, "-1", profile.append, "virtio-net-pci", ())
 
 
 def test_rows_are_per_arch():

@@ -30,6 +30,7 @@ class Quirk:
     append: tuple[str, ...] = ()              # more kernel arguments
     nic: str | None = None                    # replaces virtio-net-pci
     userland: str | None = None               # the guest's userland (USERLANDS), instead of "modern"
+    machine: str | None = None                # replaces the profile's QEMU machine
 
     def applies(self, profile: ArchProfile, version: tuple[int, ...] | None) -> bool:
         if profile.name not in self.arches or version is None:
@@ -39,6 +40,9 @@ class Quirk:
 
 
 QUIRKS: tuple[Quirk, ...] = (
+    Quirk("i440fx-machine", until=(3, 0), machine="pc",
+          why="the facts about 2.6 kernels were measured on i440FX (-M pc); q35's ICH9 and PCI Express "
+              "config space are untried on them"),
     Quirk("intel-vendor-cpu", until=(3, 0), cpu_tcg="qemu64,vendor=GenuineIntel",
           why="QEMU adds an e820 reserved range near 1 TiB for AMD-vendor CPUs; 2.6.11 then dies "
               "early with 'Cannot find space for the kernel page tables' (kvm64 and core2duo work too)"),
@@ -68,6 +72,7 @@ class BootSettings:
     """The quirk-adjusted parts of a machine's command lines."""
 
     cpu_tcg: str
+    machine: str
     panic: str = "-1"
     append: tuple[str, ...] = ()     # the profile's extras, then the quirks'
     nic: str = "virtio-net-pci"
@@ -85,7 +90,7 @@ def kernel_version(release: str) -> tuple[int, ...] | None:
 
 def boot_settings(profile: ArchProfile, release: str) -> BootSettings:
     version = kernel_version(release)
-    cpu, panic, nic, userland = profile.cpu_tcg, "-1", "virtio-net-pci", "modern"
+    cpu, panic, nic, userland, machine = profile.cpu_tcg, "-1", "virtio-net-pci", "modern", profile.machine
     drop: set[str] = set()
     extra: list[str] = []
     applied = []
@@ -97,10 +102,11 @@ def boot_settings(profile: ArchProfile, release: str) -> BootSettings:
         panic = q.panic or panic
         nic = q.nic or nic
         userland = q.userland or userland
+        machine = q.machine or machine
         drop.update(q.drop_append)
         extra.extend(q.append)
     append = tuple(a for a in profile.append if a not in drop) + tuple(extra)
-    return BootSettings(cpu_tcg=cpu, panic=panic, append=append, nic=nic, userland=userland,
+    return BootSettings(cpu_tcg=cpu, machine=machine, panic=panic, append=append, nic=nic, userland=userland,
                         quirks=tuple(applied))
 
 

@@ -51,7 +51,7 @@ def qemu_command(q: QemuInputs) -> list[str]:
               f"vmprobe.agent={p.control_port}" if p.control_port else "", *q.extra_append]
     net = f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{q.ssh_port}-10.0.2.15:22"
     cmd = [
-        p.qemu, "-name", f"vmprobe-{q.nonce}", "-M", p.machine,
+        p.qemu, "-name", f"vmprobe-{q.nonce}", "-M", era.machine,
         "-accel", q.accel, "-cpu", p.cpu_kvm if q.accel == "kvm" else era.cpu_tcg,
         "-smp", str(q.smp), "-m", q.memory,
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
