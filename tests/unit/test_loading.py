@@ -24,3 +24,11 @@ def test_said_names_the_errno():
     load = Load("m.ko", "/tmp/m.ko", "finit_module", errno.EINVAL, "")
     assert not load.ok and load.said() == "finit_module returned -EINVAL (Invalid argument)"
     assert Load("m.ko", "/tmp/m.ko", "finit_module", 0, "").ok
+
+
+def test_insmod_line_gives_the_parameters_as_one_argument():
+    from vmprobe.guest.loader import insmod_line
+    assert insmod_line("/tmp/m.ko") == "vmprobe-insmod /tmp/m.ko"
+    assert insmod_line("/tmp/m.ko", " ") == "vmprobe-insmod /tmp/m.ko"
+    assert insmod_line("/tmp/m.ko", "symbol=kernel_clone post=1") == \
+        "vmprobe-insmod /tmp/m.ko 'symbol=kernel_clone post=1'"

@@ -90,7 +90,7 @@ def test_up_exec_probe_down(live, tmp_path):
     assert next(r for r in json.loads(_cli("ls", "--json").stdout) if r["name"] == name)["replaced"] == 0
     # a module left loaded: the VM is replaced after the request
     res = _cli("exec", "--on", name, "--module", str(FORK), "--", "true")
-    assert res.returncode == 0 and "insmod /tmp/vmprobe_fork.ko" in res.stderr, res.stderr
+    assert res.returncode == 0 and "load it with:  vmprobe-insmod /tmp/vmprobe_fork.ko" in res.stderr, res.stderr
     res = _cli("down", name)
     assert res.returncode == 0, res.stderr
     _gone(info)
@@ -150,11 +150,12 @@ def test_killed_supervisor_leaves_nothing(live):
 
 def test_shell_module_and_put_without_live_vm(accel, tmp_path):
     """--module on shell (a script on stdin) prints the insmod line; the line works."""
-    script = "insmod /tmp/vmprobe_fork.ko nonce=t && grep -c vmprobe_fork /proc/modules; rmmod vmprobe_fork\n"
+    script = "vmprobe-insmod /tmp/vmprobe_fork.ko nonce=t && grep -c vmprobe_fork /proc/modules; rmmod vmprobe_fork\n"
     res = subprocess.run([sys.executable, "-m", "vmprobe", "shell", "--accel", accel, "--module", str(FORK)],
                          input=script, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    assert "load it with:  insmod /tmp/vmprobe_fork.ko" in res.stderr and res.stdout.strip() == "1"
+    assert "load it with:  vmprobe-insmod /tmp/vmprobe_fork.ko" in res.stderr
+    assert res.stdout.splitlines() == ["vmprobe-insmod: finit_module=0", "1"]   # the load's errno, then grep
     f = tmp_path / "x.sh"
     f.write_text("echo put-ok\n")
     f.chmod(0o755)

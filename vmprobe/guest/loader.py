@@ -8,6 +8,7 @@ host's compilers and cached.
 """
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -43,3 +44,9 @@ def loader_for(profile: ArchProfile) -> Path:
                                        f"{(res.stderr or res.stdout).strip()[:400]}")
             tmp.rename(target)
     return target
+
+
+def insmod_line(path: str, params: str = "") -> str:
+    """What a user types to load a module in a vmprobe guest: its vmprobe-insmod (one finit_module;
+    BusyBox insmod would run a failing init twice), the parameters as one argument."""
+    return f"vmprobe-insmod {path} {shlex.quote(params)}" if params.strip() else f"vmprobe-insmod {path}"

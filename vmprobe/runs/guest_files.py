@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmprobe.errors import ConfigError
+from vmprobe.guest.loader import insmod_line
 
 GUEST_DIR = "/tmp"
 
@@ -58,7 +59,7 @@ def prepare(args, kernel, log) -> list[GuestFile]:
         for module in built:
             guest = f"{GUEST_DIR}/{module.path.name}"
             params = getattr(args, "module_params", "") or ""
-            files.append(GuestFile(module.path, guest, 0o644, f"insmod {guest} {params}".rstrip()))
+            files.append(GuestFile(module.path, guest, 0o644, insmod_line(guest, params)))
     return files
 
 

@@ -32,6 +32,7 @@ import traceback
 from pathlib import Path
 
 from vmprobe.errors import ConfigError, QemuError, VmprobeError
+from vmprobe.guest.loader import insmod_line
 from vmprobe.runs import live_client as wire
 from vmprobe.runs.live_client import INFO, SOCKET
 
@@ -259,7 +260,7 @@ class Supervisor:
         module = modules.build(Path(req["source"]), self.kernel, log=_Lines(conn))[0]
         guest = f"/tmp/{module.path.name}"
         self.machine.upload(module.path, guest)
-        return {"insmod": f"insmod {guest} {req.get('params', '')}".rstrip(), "ko": str(module.path)}
+        return {"insmod": insmod_line(guest, req.get("params", "")), "ko": str(module.path)}
 
     def op_shell(self, conn, req) -> dict:
         if self.machine.ssh.name != "ssh":

@@ -23,6 +23,7 @@ from vmprobe.check.findings import AllowRule
 from vmprobe.check.probe import ProbeOptions
 from vmprobe.check.run import BUILTIN, OPTION_FIELDS, REPRO_FORMAT, named_check, run_check, source_digest
 from vmprobe.errors import ConfigError, VmprobeError
+from vmprobe.guest.loader import insmod_line
 from vmprobe.host import cache
 
 
@@ -222,7 +223,7 @@ def _keep(machine, check, interact, log) -> None:
     else:
         params = opt.module_params
     print(f"vmprobe repro: the VM stays up ({machine.kernel.release}, {machine.accel}) until you leave the shell.\n"
-          f"  arm the probe again:   insmod {remote} {params}".rstrip() + "\n"
+          f"  arm the probe again:   {insmod_line(remote, params)}\n"
           f"  its symbols in gdb:    cat /sys/module/{check.module.name}/sections/.text, then "
           f"add-symbol-file {check.module.path} <that address>\n"
           f"  attach gdb (another terminal): {debugger.hint(session)}\n"
