@@ -289,10 +289,38 @@ def test_export_writes_the_guest_even_for_a_kernel_without_initrd_support(tmp_pa
     plain, packed = tmp_path / "guest.cpio", tmp_path / "guest.cpio.gz"
     base = rootfs.export(kernel, plain)
     rootfs.export(kernel, packed)
-    assert asked == ["old", "old"] and base.userland == "old"   # 2.6.11: the era table's userland
+    assert asked == ["old"] and base.userland == "old"   # 2.6.11: the era table's userland; the second
+    # export took the key from the recipe the first left (its host files unchanged)
     assert plain.read_bytes() == gzip.decompress(packed.read_bytes()) == gzip.decompress(base.path.read_bytes())
     entries = read_newc(plain.read_bytes())
     assert entries["bin/busybox"][1] == program.read_bytes() and "init" in entries and "bin/vmprobe-agent" in entries
     assert st.S_ISCHR(entries["dev/ttyS1"][0]) and entries["dev/ttyS1"][1] == b"4:65"   # no devtmpfs before 2.6.32
     assert not [p for p in entries if p.startswith(("root/.ssh/", "etc/dropbear/"))]
     assert rootfs.export(kernel, tmp_path / "modern.cpio", "modern").userland == "modern" and asked[-1] == "modern"
+
+
+def test_the_base_recipe_stands_while_its_host_files_do(tmp_path, monkeypatch):
+    """The base image's key is kept with each host file's size and mtime: reused while they stand,
+    worked out again (inputs read, hashed) once one changes or goes."""
+    from types import SimpleNamespace
+
+    from vmprobe.guest import rootfs
+    from vmprobe.kernels.apt import host_debian_arch
+
+    monkeypatch.setenv("VMPROBE_CACHE", str(tmp_path / "cache"))
+    program = tmp_path / "busybox"
+    program.write_bytes(b"\x7fELF one")
+    asked = []
+    monkeypatch.setattr(rootfs, "_base_inputs",
+                        lambda kernel, userland, log=None: asked.append(1) or ([("/bin/busybox", program)], []))
+    kernel = SimpleNamespace(arch=host_debian_arch(), release="6.1.0-57-cloud-amd64", spec="debian:bookworm",
+                             image_sha256="0" * 64, kconfig={"CONFIG_BLK_DEV_INITRD": "y"})
+    first = rootfs.build_base(kernel, "modern")
+    assert rootfs.build_base(kernel, "modern") == first and len(asked) == 1
+    program.write_bytes(b"\x7fELF two, longer")           # a host package upgraded
+    second = rootfs.build_base(kernel, "modern")
+    assert len(asked) == 2 and second.key != first.key and second.path.exists()
+    program.unlink()
+    with pytest.raises(OSError):                          # gone: worked out again, and refused there
+        rootfs.build_base(kernel, "modern")
+    assert len(asked) == 3

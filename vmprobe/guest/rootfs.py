@@ -15,6 +15,9 @@ order, so the run's initrd is simply base + layer.
 """
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -28,8 +31,9 @@ from vmprobe.errors import ConfigError, ModuleBuildError
 from vmprobe.formats.cpio import NewcArchive
 from vmprobe.formats.elf import modinfo, read_module
 from vmprobe.guest import musl_busybox
-from vmprobe.guest.loader import loader_for
 from vmprobe.guest import userland as guest_userland
+from vmprobe.guest.loader import SOURCE as LOADER_SOURCE
+from vmprobe.guest.loader import loader_for
 from vmprobe.host import cache
 from vmprobe.host.interrupts import checkpoint
 from vmprobe.kernels import Kernel
@@ -169,22 +173,67 @@ def build_base(kernel: Kernel, userland: str = "auto", *, refuse: bool = True, l
     if refuse:
         refuse_without_initrd(kernel)
     userland = era_userland(profile_for(kernel.arch), kernel.release, userland)
-    files, modules = _base_inputs(kernel, userland, log)
     init = (ROOTFS_DIR / "init").read_bytes()
     inittab = (ROOTFS_DIR / "inittab").read_bytes()
     agent = (ROOTFS_DIR / "agent").read_bytes()
+    recipe = cache_dir("rootfs") / f"recipe-{_recipe(kernel, userland, init, inittab, agent)}.json"
+    if known := _known_base(recipe, userland):
+        return known
+    files, modules = _base_inputs(kernel, userland, log)
     key = cache.digest("rootfs-v2", userland, init, inittab, agent, kernel.release, kernel.image_sha256,
                        *[f"{g}:{cache.sha256_file(h)}" for g, h in files],
                        *[f"{n}:{cache.digest(d)}" for n, d in modules])
     target = cache_dir("rootfs") / f"{key}.cpio.gz"
-    if target.exists():
-        return BaseImage(target, key, userland)
-    with cache.locked(target):
-        if not target.exists():
-            archive = _base_archive(files, modules, init, inittab, agent)
-            with cache.staging(target, is_dir=False) as tmp:
-                tmp.write_bytes(archive)
+    if not target.exists():
+        with cache.locked(target):
+            if not target.exists():
+                archive = _base_archive(files, modules, init, inittab, agent)
+                with cache.staging(target, is_dir=False) as tmp:
+                    tmp.write_bytes(archive)
+    _remember(recipe, key, files)
     return BaseImage(target, key, userland)
+
+
+# The base image's key needs the host programs' libraries (ldd, a process each), their hashes
+# and the kernel's modules read and decompressed: ≈0.1 s on every machine. A recipe file keeps
+# the key with each host file's size and mtime; while they stand, the key does (what decides the
+# file list, vmprobe's own guest code included, is in the recipe's name).
+_RECIPE_CODE = ("rootfs.py", "loader.py", "musl_busybox.py", "userland.py")
+
+
+def _recipe(kernel: Kernel, userland: str, *texts: bytes) -> str:
+    code = [(Path(__file__).parent / name).read_bytes() for name in _RECIPE_CODE]
+    compilers = [str(shutil.which(cc)) for cc in profile_for(kernel.arch).static_cc]   # the loader's
+    return cache.digest("rootfs-recipe-v1", userland, kernel.arch, kernel.release, kernel.image_sha256,
+                        (ROOTFS_DIR / "modules.txt").read_bytes(), LOADER_SOURCE.read_bytes(),
+                        *compilers, *code, *texts)
+
+
+def _stat(path: str) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _known_base(recipe: Path, userland: str) -> BaseImage | None:
+    try:
+        data = json.loads(recipe.read_text())
+        target = cache_dir("rootfs") / f"{data['key']}.cpio.gz"
+        if target.exists() and all(_stat(host) == stamp for host, stamp in data["files"]):
+            return BaseImage(target, data["key"], userland)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def _remember(recipe: Path, key: str, files: list[tuple[str, Path]]) -> None:
+    stamps = [(str(host), _stat(str(host))) for _, host in files]
+    with contextlib.suppress(OSError):
+        tmp = recipe.with_name(f".{recipe.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"key": key, "files": stamps}))
+        os.replace(tmp, recipe)
 
 
 def embeds_guest(kernel: Kernel) -> bool:
