@@ -78,5 +78,9 @@ def test_four_runs_at_once_build_each_thing_once_and_all_pass(kernel, accel, tmp
     assert len(builds) == 1, f"expected one module build, saw {builds}"
     # one of each entry, and no half-written staging dir left by anyone
     for kind in ("kernels", "modules", "rootfs"):
-        names = [p.name for p in (cache / kind).iterdir() if not p.name.endswith(".lock")]
+        names = [p.name for p in (cache / kind).iterdir()
+                 if not p.name.endswith(".lock") and not p.name.startswith("recipe-")]
         assert len(names) == 1 and not names[0].startswith("."), (kind, names)
+    # and the base image's recipe (its key, kept with its host files' stamps): one, whole
+    recipes = [json.loads(p.read_text()) for p in (cache / "rootfs").glob("recipe-*.json")]
+    assert len(recipes) == 1 and recipes[0]["key"] in names[0], recipes
