@@ -6,7 +6,6 @@ user's ``~/.config/vmprobe/config.toml`` (``$VMPROBE_CONFIG``), then defaults.
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -33,6 +32,8 @@ def _config_file() -> dict:
     path = Path(os.environ.get("VMPROBE_CONFIG", "~/.config/vmprobe/config.toml")).expanduser()
     if not path.is_file():
         return {}
+    import tomllib   # here: the command line's fast paths read no config
+
     with path.open("rb") as f:
         return tomllib.load(f)
 

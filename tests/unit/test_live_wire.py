@@ -13,6 +13,7 @@ from vmprobe.runs.guest_files import parse_put
 
 
 def test_cli_constants_match_their_sources():
+    from vmprobe.arch import Mechanism
     from vmprobe.arch.eras import USERLANDS
     from vmprobe.check.probe import AFTER_ENTRY
     from vmprobe.cli import parser as cli
@@ -20,6 +21,7 @@ def test_cli_constants_match_their_sources():
     from vmprobe.vm.transport import TRANSPORTS
     assert cli.ACCEL_CHOICES == CHOICES and cli.AFTER_ENTRY == AFTER_ENTRY and cli.TRANSPORTS == TRANSPORTS
     assert cli.USERLANDS == ("auto", *USERLANDS)
+    assert cli.MECHANISMS == tuple(m.value for m in Mechanism if m.armed)
 
 
 def test_exec_on_imports_no_vm_machinery():

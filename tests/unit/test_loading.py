@@ -32,3 +32,43 @@ def test_insmod_line_gives_the_parameters_as_one_argument():
     assert insmod_line("/tmp/m.ko", " ") == "vmprobe-insmod /tmp/m.ko"
     assert insmod_line("/tmp/m.ko", "symbol=kernel_clone post=1") == \
         "vmprobe-insmod /tmp/m.ko 'symbol=kernel_clone post=1'"
+
+
+class _Guest:
+    """A stand-in machine whose shell runs the load line as ash would: the image's loader when
+    ``has_loader``, else the absent word; a copied-in loader answers from /tmp."""
+
+    def __init__(self, has_loader: bool):
+        from vmprobe.arch import PROFILES
+        self.profile, self.has_loader = PROFILES["amd64"], has_loader
+        self.uploads: list[str] = []
+        self.commands: list[str] = []
+
+    def upload(self, local, remote, mode=0o644):
+        self.uploads.append(remote)
+
+    def run(self, command, timeout=60):
+        from vmprobe.vm.results import CommandResult
+        self.commands.append(command)
+        if command.startswith("if [ -x /bin/vmprobe-insmod ]"):
+            out = "vmprobe-insmod: finit_module=0\n" if self.has_loader else "vmprobe-insmod-absent\n"
+        else:
+            out = "vmprobe-insmod: finit_module=17\n" if command.startswith("/tmp/vmprobe-insmod ") else ""
+        return CommandResult(0, out, "")
+
+
+def test_the_images_loader_is_used_without_a_copy(tmp_path):
+    from vmprobe.check.loading import load_once
+    guest = _Guest(has_loader=True)
+    load = load_once(guest, tmp_path / "m.ko", "a='b c'")
+    assert load.ok and guest.uploads == ["/tmp/m.ko"] and len(guest.commands) == 1
+    assert "/bin/vmprobe-insmod /tmp/m.ko 'a='\\''b c'\\'''" in guest.commands[0]
+
+
+def test_a_guest_without_the_loader_gets_a_copy_and_one_load(tmp_path, monkeypatch):
+    from vmprobe.check import loading
+    monkeypatch.setattr(loading, "loader_for", lambda profile: tmp_path / "vmprobe-insmod")
+    guest = _Guest(has_loader=False)
+    load = loading.load_once(guest, tmp_path / "m.ko")
+    assert guest.uploads == ["/tmp/m.ko", "/tmp/vmprobe-insmod"]
+    assert guest.commands[1] == "/tmp/vmprobe-insmod /tmp/m.ko ''" and load.errno == errno.EEXIST

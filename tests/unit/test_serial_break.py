@@ -78,3 +78,30 @@ def test_console_is_a_logged_telnet_socket():
     chardev = next(a for a in line if a.startswith("socket,id=con0,"))
     assert f"path={console_socket(p)}" in chardev and "telnet=on" in chardev
     assert f"logfile={p}" in chardev and "server=on,wait=off" in chardev
+
+
+def test_break_and_key_in_one_write_by_default(tmp_path):
+    """No pause between them: QEMU raises the break before it queues the key."""
+    import time
+    path = tmp_path / "console.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+    got = []
+
+    def qemu() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.settimeout(5)
+            while data := conn.recv(100):
+                got.append(data)
+
+    worker = threading.Thread(target=qemu)
+    worker.start()
+    t0 = time.monotonic()
+    send_sysrq(path, "w", until=lambda: bool(got))
+    took = time.monotonic() - t0
+    worker.join(5)
+    server.close()
+    assert got[0] == IAC_BREAK + b"w"
+    assert took < 0.15

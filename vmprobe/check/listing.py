@@ -55,8 +55,9 @@ class Listing:
 
     @classmethod
     def find(cls, m: Machine) -> "Listing":
-        res = m.run(f"test -r {KPROBES_LIST} && echo list; grep -qw debugfs /proc/filesystems && echo fs; "
-                    "grep -qw debugfs /proc/mounts && echo mounted", 15)
+        res = m.run(f"if test -r {KPROBES_LIST}; then echo list; else "   # the usual answer: no grep run
+                    "grep -qw debugfs /proc/filesystems && echo fs; grep -qw debugfs /proc/mounts && echo mounted; fi",
+                    15)
         said = set(res.stdout.split())
         if "list" in said:
             return cls(m, DEBUGFS)

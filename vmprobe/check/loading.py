@@ -18,7 +18,9 @@ from pathlib import Path
 from vmprobe.errors import ModuleLoadError
 from vmprobe.guest.loader import loader_for
 
-LOADER = "/tmp/vmprobe-insmod"
+LOADER = "/tmp/vmprobe-insmod"          # where it is copied when the image has none
+IN_IMAGE = "/bin/vmprobe-insmod"
+NO_LOADER = "vmprobe-insmod-absent"
 GUEST_DIR = "/tmp"
 _STATUS = re.compile(r"vmprobe-insmod: (finit_module|open)=(\d+)")
 
@@ -56,9 +58,13 @@ def load_once(machine, ko: Path, params: str = "", timeout: float = 60) -> Load:
     """Copy ``ko`` in and load it with exactly one ``finit_module`` (``params`` as insmod takes them)."""
     remote = f"{GUEST_DIR}/{ko.name}"
     machine.upload(ko, remote)
-    machine.upload(loader_for(machine.profile), LOADER, mode=0o755)
     quoted = params.strip().replace("'", "'\\''")
-    res = machine.run(f"{LOADER} {remote} '{quoted}'", timeout)
+    # the image's own, when it has one (test is a builtin: no process, and no load when absent)
+    res = machine.run(f"if [ -x {IN_IMAGE} ]; then {IN_IMAGE} {remote} '{quoted}'; else echo {NO_LOADER}; fi",
+                      timeout)
+    if res.stdout.strip() == NO_LOADER:
+        machine.upload(loader_for(machine.profile), LOADER, mode=0o755)
+        res = machine.run(f"{LOADER} {remote} '{quoted}'", timeout)
     call, code = parse_status(res.output)
     load = Load(ko.name, remote, call, code, res.output.strip())
     if call == "open":   # the copy is not there: vmprobe's own failure, not the kernel's answer

@@ -1,29 +1,40 @@
-"""The ``vmprobe`` command line: a thin face over kernels, machines and checks."""
+"""The ``vmprobe`` command line: a thin face over kernels, machines and checks.
+
+The subcommands' code (``cli.commands``) is imported once the command is known:
+``exec``/``shell``/``probe --on`` talk to a live VM's supervisor and import only
+the grammar and ``runs.live_commands``.
+"""
 from __future__ import annotations
 
 import argparse
 import contextlib
 import sys
 
-from vmprobe.cli.commands import (
-    _log,
-    cmd_doctor,
-    cmd_exec,
-    cmd_gdb,
-    cmd_kernels,
-    cmd_matrix,
-    cmd_probe,
-    cmd_repro,
-    cmd_rootfs,
-    cmd_shell,
-)
 from vmprobe.cli.parser import COMMANDS, build_parser
 from vmprobe.errors import EXIT_INTERRUPTED, VmprobeError
-from vmprobe.host import progress
 from vmprobe.host.processes import install_signal_handlers
 from vmprobe.runs import live_commands
 
 __all__ = ["build_parser", "main"]
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _handler(args):
+    """The function that runs ``args.command`` (importing the commands only when needed)."""
+    if args.command in ("up", "down", "ls"):
+        return lambda a: getattr(live_commands, a.command)(a, _log)
+    if getattr(args, "on", None):
+        if args.command == "exec":
+            return lambda a: live_commands.exec_on(a, live_commands.command_of(a), _log)
+        if args.command == "shell":
+            return lambda a: live_commands.shell_on(a, _log)
+        if args.command == "probe":
+            return lambda a: live_commands.probe_on(a, _log)
+    from vmprobe.cli import commands
+    return getattr(commands, f"cmd_{args.command}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,12 +48,8 @@ def main(argv: list[str] | None = None) -> int:
             args = None if extra else args
     command = argv[0] if argv and argv[0] in COMMANDS else None
     args = args or build_parser(only=command).parse_args(argv)
-    handler = {"kernels": cmd_kernels, "exec": cmd_exec, "shell": cmd_shell, "probe": cmd_probe,
-               "matrix": cmd_matrix, "doctor": cmd_doctor, "gdb": cmd_gdb, "repro": cmd_repro, "rootfs": cmd_rootfs,
-               "up": lambda a: live_commands.up(a, _log), "down": lambda a: live_commands.down(a, _log),
-               "ls": lambda a: live_commands.ls(a, _log)}
     try:
-        return handler[args.command](args)
+        return _handler(args)(args)
     except VmprobeError as exc:
         print(exc.render(), file=sys.stderr)
         return exc.exit_code
@@ -50,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print("vmprobe: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
-        progress.stop_streams()
+        if "vmprobe.host.progress" in sys.modules:
+            sys.modules["vmprobe.host.progress"].stop_streams()
         with contextlib.suppress(Exception):
             sys.stdout.flush()

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -74,10 +73,7 @@ def cmd_rootfs(args) -> int:
     return 0
 
 def cmd_exec(args) -> int:
-    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-    if not cmd:
-        raise SystemExit("vmprobe exec: give a command after --, e.g. vmprobe exec -- uname -r")
-    command = cmd[0] if len(cmd) == 1 else shlex.join(cmd)
+    command = live_commands.command_of(args)
     if args.on:
         return live_commands.exec_on(args, command, _log)
     return _in_a_fresh_guest(args, lambda kernel, machine: machine.run(

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vmprobe.arch import Mechanism
 from vmprobe.config import DEFAULT_SPEC
 from vmprobe.errors import EXIT_CODES
 from vmprobe.runs.live_commands import add_up_down_ls, dry_run_arg, files_args, on_arg
@@ -20,6 +19,7 @@ ACCEL_CHOICES = ("auto", "kvm", "tcg")   # vmprobe.vm.accel.CHOICES (tests/unit/
 
 AFTER_ENTRY = "after-entry"              # vmprobe.check.probe.AFTER_ENTRY (likewise)
 TRANSPORTS = ("auto", "ssh", "serial")   # vmprobe.vm.transport.TRANSPORTS (likewise)
+MECHANISMS = ("int3", "optimized", "ftrace", "brk")   # the armed vmprobe.arch.Mechanism values (likewise)
 USERLANDS = ("auto", "modern", "old")    # "auto" + vmprobe.arch.eras.USERLANDS (likewise)
 #: the subcommands (build_parser(only=…) builds one of them)
 COMMANDS = ("kernels", "exec", "shell", "rootfs", "up", "down", "ls", "probe", "gdb", "repro", "matrix", "doctor")
@@ -153,7 +153,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         pr.add_argument("--module-params", default="", help="parameters for insmod of --module")
         pr.add_argument("--trigger", help="command that makes the probe fire (default: forks)")
         pr.add_argument("--no-sysrq", dest="sysrq", action="store_false", help="skip the SysRq checks")
-        pr.add_argument("--expect-mechanism", choices=[m.value for m in Mechanism if m.armed],
+        pr.add_argument("--expect-mechanism", choices=MECHANISMS,
                         help="fail unless the probe is armed this way")
         pr.add_argument("--json", type=Path, help="write the report as JSON here")
         on_arg(pr)

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 from vmprobe.runs import live_client as lc
-from vmprobe.runs.guest_files import parse_put
 
 WATCH_POLL = 0.5
 
@@ -79,6 +78,7 @@ def _say_replaced(name: str, end: dict, log) -> None:
 def copy_in_live(args, log) -> None:
     """``--put`` and ``--module`` on a live VM (the supervisor builds the module: it has the kernel)."""
     for text in getattr(args, "put", None) or []:
+        from vmprobe.runs.guest_files import parse_put
         local, guest = parse_put(text)
         mode = 0o755 if local.stat().st_mode & 0o111 else 0o644
         lc.call(args.on, "put", timeout=120, local=str(local), guest=guest, mode=mode)
@@ -87,6 +87,15 @@ def copy_in_live(args, log) -> None:
         end = lc.call(args.on, "module", timeout=600, log=log, source=str(Path(args.module).resolve()),
                       params=getattr(args, "module_params", "") or "")
         log(f"vmprobe: module copied in; load it with:  {end['insmod']}")
+
+
+def command_of(args) -> str:
+    """``exec``'s command: one word as it is (a shell line), several joined shell-quoted."""
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        raise SystemExit("vmprobe exec: give a command after --, e.g. vmprobe exec -- uname -r")
+    import shlex
+    return cmd[0] if len(cmd) == 1 else shlex.join(cmd)
 
 
 def exec_on(args, command: str, log) -> int:

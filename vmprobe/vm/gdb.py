@@ -163,8 +163,11 @@ class Gdb:
             # setsid: gdb gets a process group of its own, so a terminal's Ctrl-C (sent to vmprobe's
             # group) cannot reach it and stop the guest; close() detaches it on every path
             setsid = ["setsid"] if shutil.which("setsid") else []
+            # barely any lingering for more output once a read returned records: command() reads until its
+            # result arrives anyway, and pygdbmi's default linger set the floor of every MI round
+            # trip (≈11 ms each, ≈25 of them in a probe check)
             controller = GdbController(command=[*setsid, gdb_binary, "--nx", "--quiet", "--interpreter=mi3"],
-                                       time_to_check_for_additional_output_sec=0.01)
+                                       time_to_check_for_additional_output_sec=0.001)
         self._gdb = controller
         self._tokens = itertools.count(100)
         self.log = MiLog()

@@ -27,11 +27,17 @@ def console_socket(console_log: Path) -> Path:
     return console_log.with_name("console.sock")
 
 
-def send_sysrq(sock_path: Path, key: str, *, settle: float = 0.2, timeout: float = 5,
+def send_sysrq(sock_path: Path, key: str, *, settle: float = 0.0, timeout: float = 5,
                until: Callable[[], bool] | None = None) -> None:
     """A BREAK on the console's serial line, then ``key``. While connected the client must read
     (QEMU holds the console's output back for a client that does not), so it drains until it
-    closes: ``settle`` seconds after the key, or as soon as ``until()`` says the key was seen."""
+    closes: ``settle`` (at least 0.2) seconds after the key, or as soon as ``until()`` says the key
+    was seen.
+
+    The break and the key may go in one write (``settle=0``, the default): QEMU's telnet
+    parser raises the break (a NUL with BI in the UART's FIFO) before it queues the key, and
+    the 8250 driver reads them in that order (bookworm, idle and busy guest: 30/30 seen; a
+    0.2 s pause between them had cost every check 0.2 s)."""
     if len(key) != 1:
         raise ValueError(f"a SysRq key is one character, not {key!r}")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -42,10 +48,13 @@ def send_sysrq(sock_path: Path, key: str, *, settle: float = 0.2, timeout: float
         except OSError as exc:
             raise QemuError(f"could not connect to the console socket {sock_path} to send a serial "
                             f"BREAK: {exc}") from None
-        sock.sendall(IAC_BREAK)
-        _drain(sock, settle)       # the break is handled before the key arrives
-        sock.sendall(key.encode())
-        _drain(sock, settle, until)
+        if settle > 0:
+            sock.sendall(IAC_BREAK)
+            _drain(sock, settle)   # the break is handled before the key arrives
+            sock.sendall(key.encode())
+        else:
+            sock.sendall(IAC_BREAK + key.encode())
+        _drain(sock, max(settle, 0.2), until)
     finally:
         with contextlib.suppress(OSError):
             sock.close()
