@@ -90,8 +90,10 @@ def test_the_control_port_and_agent_are_always_there_when_the_arch_has_one():
     line = _line("6.1.0")
     assert "vmprobe.agent=ttyS1" in line[line.index("-append") + 1]
     assert line.count("-serial") == 2
+    # arm64's virt machine has one UART: its control port is a virtio console
     arm = _line("6.1.0", profile=ARM64)
-    assert "vmprobe.agent" not in arm[arm.index("-append") + 1] and arm.count("-serial") == 1
+    assert "vmprobe.agent=hvc0" in arm[arm.index("-append") + 1] and arm.count("-serial") == 1
+    assert "virtconsole,chardev=ctl0,bus=ctl.0" in arm and "virtio-serial-pci,id=ctl" in arm
 
 
 @pytest.mark.parametrize("console, cause", [

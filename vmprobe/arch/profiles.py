@@ -41,7 +41,10 @@ class ArchProfile:
     breakpoint_mechanism: Mechanism = Mechanism.INT3   # what a plain kprobe writes at its site
     has_optprobes: bool = True           # jump-optimized probes exist on this arch
     has_ftrace_probes: bool = True       # probes on the fentry site ride ftrace
-    control_port: str | None = None  # guest tty of a second serial port (warm starts), if any
+    control_port: str | None = None  # guest tty of the control port (warm starts, the serial agent), if any
+    #: None: the control port is a second UART (-serial); else the virtio-serial controller a
+    #: virtio console hangs on (arm64's virt machine has one UART: the port is hvc0 there)
+    control_bus: str | None = None
     #: C compilers (first found wins) and flags for a static, libc-free guest program (vmprobe-insmod)
     static_cc: tuple[str, ...] = ("gcc", "gcc-12")
     static_cflags: tuple[str, ...] = ()
@@ -106,7 +109,7 @@ PROFILES = {
         cpu_tcg="max,pauth-impdef=on", cpu_kvm="host", console="ttyAMA0", append=("kpti=0",),
         gdb_arch="aarch64", pc_register="pc", flags_register="cpsr",
         host_machines=("aarch64",), pvpanic_device="pvpanic-pci", devices=("virtio-keyboard-pci",),
-        image_kind="Image",
+        image_kind="Image", control_port="hvc0", control_bus="virtio-serial-pci",
         kbuild_arch="arm64", cross_compile="aarch64-linux-gnu-",
         static_cc=("aarch64-linux-gnu-gcc", "aarch64-linux-gnu-gcc-12"), config_symbol="CONFIG_ARM64",
         breakpoint_mechanism=Mechanism.BRK, has_optprobes=False, has_ftrace_probes=False,

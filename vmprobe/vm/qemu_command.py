@@ -72,7 +72,8 @@ def qemu_command(q: QemuInputs) -> list[str]:
     ]
     if p.control_port:  # the control port: identical in the saved and the restored machine
         cmd += ["-chardev", f"socket,id=ctl0,path={q.control_socket},server=on,wait=off",
-                "-serial", "chardev:ctl0"]
+                *(["-device", f"{p.control_bus},id=ctl", "-device", "virtconsole,chardev=ctl0,bus=ctl.0"]
+                  if p.control_bus else ["-serial", "chardev:ctl0"])]
     if q.incoming:
         cmd += ["-incoming", f"exec:cat '{q.incoming}'"]
     return cmd
