@@ -103,3 +103,20 @@ def test_matrix_both_arches(tmp_path, vmprobe_cli, accel, no_leaks):
     got = {k["kernel"]["arch"]: {c["name"]: c["mechanism"] for c in k["checks"]} for k in d["kernels"]}
     assert got == {"i386": {"entry": "ftrace", "int3": "int3", "optimized": "optimized"},
                    "arm64": {"entry": "brk", "int3": "brk", "optimized": "brk"}}
+
+
+def test_arm64_restores_warm_over_its_virtio_console(accel, no_leaks):
+    """arm64's virt machine has one UART: the control port is a virtio console (hvc0). Two
+    restores of one snapshot get their own keys and seed, and the serial agent answers there."""
+    kernel = get_kernel("debian:bookworm/arm64")
+    with Machine(kernel, accel=accel, warm=True) as first:
+        assert first.warm and first._incoming is not None, "arm64 booted cold"
+        assert "vmprobe.warm=hvc0" in first.command_line[first.command_line.index("-append") + 1]
+        boot_ids = {first.run("cat /proc/sys/kernel/random/boot_id").stdout.strip()}
+    with Machine(kernel, accel=accel, warm=True, transport="serial") as second:
+        assert second.warm and second._incoming is not None and second.ssh.name == "serial"
+        res = second.run("uname -m; cat /proc/sys/kernel/random/boot_id")
+        lines = res.stdout.split()
+        assert res.status == 0 and lines[0] == "aarch64", res.output
+        boot_ids.add(lines[1])
+    assert len(boot_ids) == 2, "two restores of one snapshot shared their random state"
