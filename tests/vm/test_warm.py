@@ -52,6 +52,29 @@ def test_restores_share_the_layout_but_not_keys_nonce_clock_or_randomness(kernel
         assert a.run("echo still running").stdout.strip() == "still running"
 
 
+def test_restored_ssh_servers_draw_their_own_random_keys(kernel, accel, monkeypatch, no_leaks):
+    """dropbear starts before the snapshot point (rootfs/init): each restore's server must still make
+    its own ephemeral key exchange key, not one drawn from a random state shared by the restores."""
+    import struct
+
+    import paramiko.kex_curve25519 as curve25519
+    server_keys: list[bytes] = []
+    real = curve25519.KexCurve25519._parse_kexecdh_reply
+
+    def spy(self, m):   # the reply carries the host key, then the server's ephemeral key Q_S
+        data = m.asbytes()
+        rest = data[4 + struct.unpack(">I", data[:4])[0]:]
+        server_keys.append(rest[4:4 + struct.unpack(">I", rest[:4])[0]])
+        return real(self, m)
+
+    monkeypatch.setattr(curve25519.KexCurve25519, "_parse_kexecdh_reply", spy)
+    for _ in range(2):
+        with Machine(kernel, accel=accel, warm=True) as m:
+            assert m._incoming is not None
+    assert len(server_keys) == 2, f"the key exchange was not curve25519 ({len(server_keys)} replies seen)"
+    assert server_keys[0] != server_keys[1], "two restores' SSH servers drew the same ephemeral key"
+
+
 def test_a_crash_in_a_restored_guest_is_reported(kernel, accel, no_leaks):
     with Machine(kernel, accel=accel, warm=True) as m:
         m.run("echo 1 > /proc/sys/kernel/sysrq")
