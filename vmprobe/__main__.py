@@ -1,5 +1,5 @@
-import sys
+"""``python -m vmprobe``: the same as the ``vmprobe`` command."""
+from vmprobe.cli import run
 
-from vmprobe.cli import main
-
-sys.exit(main())
+if __name__ == "__main__":
+    run()

@@ -7,7 +7,9 @@ the grammar and ``runs.live_commands``.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
+import os
 import sys
 
 from vmprobe.cli.parser import COMMANDS, build_parser
@@ -15,7 +17,7 @@ from vmprobe.errors import EXIT_INTERRUPTED, VmprobeError
 from vmprobe.host.processes import install_signal_handlers
 from vmprobe.runs import live_commands
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "run"]
 
 
 def _log(msg: str) -> None:
@@ -61,3 +63,20 @@ def main(argv: list[str] | None = None) -> int:
             sys.modules["vmprobe.host.progress"].stop_streams()
         with contextlib.suppress(Exception):
             sys.stdout.flush()
+
+
+def run() -> None:
+    """The ``vmprobe`` command: ``main()``, then a quick exit. Python's own finalization of what a
+    run imports (paramiko, cryptography, ...) took 0.13-0.2 s after the work was done; the exit
+    handlers (vmprobe's leftover-QEMU guard, file locks, temp dirs) still run first."""
+    try:
+        status = main()
+    except SystemExit as exc:   # argparse's errors and usage messages, as sys.exit shows them
+        status = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        if not isinstance(exc.code, int) and exc.code is not None:
+            print(exc.code, file=sys.stderr)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):   # a closed pipe: nothing more can be said
+            stream.flush()
+    atexit._run_exitfuncs()
+    os._exit(status if isinstance(status, int) else 0 if status is None else 1)
