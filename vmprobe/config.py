@@ -32,7 +32,7 @@ def _config_file() -> dict:
     path = Path(os.environ.get("VMPROBE_CONFIG", "~/.config/vmprobe/config.toml")).expanduser()
     if not path.is_file():
         return {}
-    import tomllib   # here: the command line's fast paths read no config
+    import tomllib  # here: the command line's fast paths read no config
 
     with path.open("rb") as f:
         return tomllib.load(f)
