@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 from vmprobe.errors import GdbError
-from vmprobe.vm.gdb import Gdb
+
+if TYPE_CHECKING:
+    from vmprobe.vm.gdb import Gdb
 
 
 class GdbStarter:
@@ -25,6 +28,7 @@ class GdbStarter:
 
     def _make(self) -> None:
         try:
+            from vmprobe.vm.gdb import Gdb   # here: a run that never debugs imports no pygdbmi
             self._made.append(Gdb(self.binary, arch=self.arch))
         except BaseException as exc:  # noqa: BLE001  (raised by take())
             self._made.append(exc)
@@ -45,5 +49,5 @@ class GdbStarter:
         if thread is not None:
             thread.join(30)
             for made in self._made:
-                if isinstance(made, Gdb):
+                if not isinstance(made, BaseException):   # a Gdb
                     made.close()
