@@ -2,8 +2,10 @@
 and the console chardev that makes it possible."""
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -36,29 +38,37 @@ def test_break_then_key_while_draining_output(tmp_path):
     assert bytes(got) == IAC_BREAK + b"w"
 
 
-def test_draining_after_the_key_ends_once_it_was_seen(tmp_path):
-    import time
+@contextlib.contextmanager
+def _quiet_qemu(tmp_path):
+    """A stand-in console socket that only reads: yields its path and the chunks it got."""
     path = tmp_path / "console.sock"
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(path))
     server.listen(1)
-    got = bytearray()
+    chunks: list[bytes] = []
 
     def qemu() -> None:
         conn, _ = server.accept()
         with conn:
             conn.settimeout(5)
             while data := conn.recv(100):
-                got.extend(data)
+                chunks.append(data)
 
     worker = threading.Thread(target=qemu)
     worker.start()
-    t0 = time.monotonic()
-    send_sysrq(path, "w", settle=0.5, until=lambda: b"w" in got)
-    took = time.monotonic() - t0
-    worker.join(5)
-    server.close()
-    assert bytes(got) == IAC_BREAK + b"w"
+    try:
+        yield path, chunks
+    finally:
+        worker.join(5)
+        server.close()
+
+
+def test_draining_after_the_key_ends_once_it_was_seen(tmp_path):
+    with _quiet_qemu(tmp_path) as (path, chunks):
+        t0 = time.monotonic()
+        send_sysrq(path, "w", settle=0.5, until=lambda: b"w" in b"".join(chunks))
+        took = time.monotonic() - t0
+    assert b"".join(chunks) == IAC_BREAK + b"w"
     assert took < 0.9   # the break's settle (0.5 s), not a second one after the key
 
 
@@ -82,26 +92,9 @@ def test_console_is_a_logged_telnet_socket():
 
 def test_break_and_key_in_one_write_by_default(tmp_path):
     """No pause between them: QEMU raises the break before it queues the key."""
-    import time
-    path = tmp_path / "console.sock"
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(path))
-    server.listen(1)
-    got = []
-
-    def qemu() -> None:
-        conn, _ = server.accept()
-        with conn:
-            conn.settimeout(5)
-            while data := conn.recv(100):
-                got.append(data)
-
-    worker = threading.Thread(target=qemu)
-    worker.start()
-    t0 = time.monotonic()
-    send_sysrq(path, "w", until=lambda: bool(got))
-    took = time.monotonic() - t0
-    worker.join(5)
-    server.close()
-    assert got[0] == IAC_BREAK + b"w"
+    with _quiet_qemu(tmp_path) as (path, chunks):
+        t0 = time.monotonic()
+        send_sysrq(path, "w", until=lambda: bool(chunks))
+        took = time.monotonic() - t0
+    assert chunks[0] == IAC_BREAK + b"w"
     assert took < 0.15
