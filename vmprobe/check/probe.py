@@ -2,10 +2,10 @@
 
 In one VM: resolve the site from /proc/kallsyms (KASLR on) → read its bytes
 through the gdbstub → insmod → read the kprobes list and let the optimizer
-settle → read the armed bytes and name the mechanism → trigger and count the
-handler's lines → stop at the site with a hardware breakpoint and read the
-registers → SysRq through /proc and through the keyboard → rmmod → the bytes
-are back. Every step is timed and every wait is bounded.
+settle → read the armed bytes and name the mechanism → trigger, stopping at the
+site's first hit with a hardware breakpoint to read the registers, and count the
+handler's lines → SysRq through /proc, the keyboard and a serial BREAK → rmmod →
+the bytes are back. Every step is timed and every wait is bounded.
 
 Without debugfs ``kprobes/list`` (2.6 before it, no debugfs, not mounted) the
 listing is the SysRq "show kprobes" key if the kernel has one, else none: the
@@ -168,8 +168,9 @@ class ProbeCheck(CheckLifecycle):
             r.check("bytes agree with list flags", agrees_with_flags(site.mechanism, record.flags),
                     f"{site.mechanism} vs {record.flags or '[]'}")
         # The trigger runs once: with registers wanted, its first hit stops at gdb's breakpoint on
-        # the site and the rest of its hits are counted as they come (under TCG the guest runs
-        # ≈0.2 s of CPU-bound catching up after a breakpoint stop: one run pays it once).
+        # the site and the rest of its hits are counted as they come. (QEMU 7.2 flushes all its
+        # translated code on each breakpoint change: the guest then runs ≈0.2 s of CPU-bound
+        # translating again, paid by whatever runs next; a second run of the trigger paid more.)
         mark = self.m.console.mark()
         if opt.registers:
             with self.phase("registers"):

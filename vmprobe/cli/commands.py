@@ -76,8 +76,8 @@ def cmd_exec(args) -> int:
     command = live_commands.command_of(args)
     if args.on:
         return live_commands.exec_on(args, command, _log)
-    return _in_a_fresh_guest(args, lambda kernel, machine: machine.run(
-        command, args.timeout, stdout=sys.stdout.buffer, stderr=sys.stderr.buffer).status)
+    return _in_a_fresh_guest(args, lambda kernel, machine: machine.run(   # one command: no guest shell
+        command, args.timeout, alone=True, stdout=sys.stdout.buffer, stderr=sys.stderr.buffer).status)
 
 def cmd_shell(args) -> int:
     if args.on:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import secrets
 import select
@@ -166,8 +167,11 @@ class GuestSsh:
 
     def run(self, command: str, timeout: float = 60, *, check: bool = False,
             stdout: BinaryIO | None = None, stderr: BinaryIO | None = None) -> CommandResult:
-        """Run a command; its output is returned (and streamed when files are given)."""
+        """Run a command; its output is returned (and streamed when files are given). Its stdin
+        is at end of file at once (nothing can be fed to it here): a command that reads it ends."""
         channel = self.start(command)
+        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):   # it may have ended already
+            channel.shutdown_write()
         return self.wait(channel, command, timeout, check=check, stdout=stdout, stderr=stderr)
 
     def wait(self, channel: paramiko.Channel, command: str, timeout: float, *, check: bool = False,
