@@ -38,3 +38,7 @@ if [[ ! -x .venv/bin/python || ! -f $stamp || $(cat "$stamp") != "$want" ]]; the
   .venv/bin/python -m pip install -q -e '.[test]' </dev/null
   echo "$want" > "$stamp"
 fi
+# Byte-compile vmprobe itself (quick when up to date): pip does not compile an editable install,
+# and where PYTHONDONTWRITEBYTECODE is set (as on some CI images) Python would otherwise compile
+# its ~50 modules from source on every command, ≈60–150 ms each time (benchmarks/loop.py's `--help`).
+.venv/bin/python -m compileall -q vmprobe >/dev/null
