@@ -61,10 +61,15 @@ class NewcArchive:
         self._seen.add(path.lstrip("/"))
         self._entry(path, stat.S_IFCHR | mode, rdev=(major, minor))
 
+    def plain(self) -> bytes:
+        """The archive with its trailer, uncompressed: what a boot reads fastest (every kernel
+        takes it; gunzipping ≈7 MB cost 0.15–0.3 s of guest time under TCG)."""
+        self._entry("TRAILER!!!", 0)
+        return self._buf.getvalue()
+
     def gzipped(self) -> bytes:
         """The archive with its trailer, gzip-compressed (mtime 0: reproducible)."""
-        self._entry("TRAILER!!!", 0)
-        return gzip.compress(self._buf.getvalue(), compresslevel=6, mtime=0)
+        return gzip.compress(self.plain(), compresslevel=6, mtime=0)
 
 
 def read_newc(data: bytes) -> dict[str, tuple[int, bytes]]:

@@ -180,10 +180,10 @@ def build_base(kernel: Kernel, userland: str = "auto", *, refuse: bool = True, l
     if known := _known_base(recipe, userland):
         return known
     files, modules = _base_inputs(kernel, userland, log)
-    key = cache.digest("rootfs-v2", userland, init, inittab, agent, kernel.release, kernel.image_sha256,
+    key = cache.digest("rootfs-v3", userland, init, inittab, agent, FSTAB, kernel.release, kernel.image_sha256,
                        *[f"{g}:{cache.sha256_file(h)}" for g, h in files],
                        *[f"{n}:{cache.digest(d)}" for n, d in modules])
-    target = cache_dir("rootfs") / f"{key}.cpio.gz"
+    target = cache_dir("rootfs") / f"{key}.cpio"
     if not target.exists():
         with cache.locked(target):
             if not target.exists():
@@ -220,7 +220,7 @@ def _stat(path: str) -> list[int] | None:
 def _known_base(recipe: Path, userland: str) -> BaseImage | None:
     try:
         data = json.loads(recipe.read_text())
-        target = cache_dir("rootfs") / f"{data['key']}.cpio.gz"
+        target = cache_dir("rootfs") / f"{data['key']}.cpio"
         if target.exists() and all(_stat(host) == stamp for host, stamp in data["files"]):
             return BaseImage(target, data["key"], userland)
     except (OSError, ValueError, KeyError, TypeError):
@@ -253,7 +253,7 @@ def export(kernel: Kernel, dest: Path, userland: str = "auto", log=None) -> Base
     import gzip
     base = build_base(kernel, userland, refuse=False, log=log)
     data = base.path.read_bytes()
-    dest.write_bytes(data if dest.name.endswith(".gz") else gzip.decompress(data))
+    dest.write_bytes(gzip.compress(data, compresslevel=6, mtime=0) if dest.name.endswith(".gz") else data)
     return base
 
 
@@ -270,6 +270,17 @@ def refuse_without_initrd(kernel: Kernel) -> None:
                           f"or with vmprobe's guest built in: `vmprobe rootfs export --kernel {kernel.spec} "
                           f"-o guest.cpio`, then CONFIG_INITRAMFS_SOURCE=guest.cpio (its secrets come over "
                           f"the control port)")
+
+
+#: What init's ``mount -a`` mounts, in order (devpts and tracefs it mounts itself: devpts needs
+#: a directory made in devtmpfs, tracefs is missing before 4.1 and its error is not shown).
+FSTAB = b"""proc /proc proc defaults 0 0
+sysfs /sys sysfs defaults 0 0
+devtmpfs /dev devtmpfs defaults 0 0
+tmpfs /tmp tmpfs defaults 0 0
+tmpfs /run tmpfs defaults 0 0
+debugfs /sys/kernel/debug debugfs defaults 0 0
+"""
 
 
 def _base_archive(files: list[tuple[str, Path]], modules: list[tuple[str, bytes]],
@@ -302,10 +313,11 @@ def _base_archive(files: list[tuple[str, Path]], modules: list[tuple[str, bytes]
     a.file("etc/group", b"root:x:0:\ntty:x:5:\n")
     a.file("etc/shells", b"/bin/sh\n/bin/ash\n")
     a.file("etc/hosts", b"127.0.0.1 localhost vmprobe\n")
+    a.file("etc/fstab", FSTAB)   # init mounts these with one exec
     for name, data in modules:
         a.file(f"{GUEST_MODULE_DIR}/{name}", data)
     a.file("etc/vmprobe/modules", "".join(n + "\n" for n, _ in modules).encode())
-    return a.gzipped()
+    return a.plain()
 
 
 def run_layer(authorized_key: str, host_key: bytes) -> bytes:
@@ -315,7 +327,7 @@ def run_layer(authorized_key: str, host_key: bytes) -> bytes:
     a.file("root/.ssh/authorized_keys", authorized_key.encode() + b"\n", 0o600)
     a.dir("etc/dropbear", 0o755)
     a.file("etc/dropbear/host_key", host_key, 0o600)
-    return a.gzipped()
+    return a.plain()
 
 
 def assemble(base: BaseImage, layer: bytes, dest: Path) -> Path:
