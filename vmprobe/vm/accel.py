@@ -8,10 +8,12 @@ kernel: a KVM failure is recorded only if the same kernel boots under TCG.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 import time
@@ -29,14 +31,27 @@ CHOICES = ("auto", "kvm", "tcg")
 
 @functools.lru_cache(maxsize=None)
 def qemu_version(binary: str) -> str:
-    """The first line of ``binary --version`` (asked once per process: every launch needs it)."""
-    try:
-        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
-    except FileNotFoundError:
+    """The first line of ``binary --version``. Every launch needs it and asking costs ≈30 ms, so
+    it is asked once per binary file: kept on disk under the file's path, inode, size and mtime
+    (an upgrade of QEMU asks again)."""
+    path = shutil.which(binary)
+    if path is None:
         profile = profile_where(qemu=binary)
         hint = f" (apt-get install {profile.qemu_package})" if profile else ""
-        raise ConfigError(f"{binary} not found: install QEMU{hint}") from None
-    return out.splitlines()[0] if out else "unknown"
+        raise ConfigError(f"{binary} not found: install QEMU{hint}")
+    st = os.stat(path)
+    known = cache_dir("accel") / "qemu-version-{}".format(
+        cache.digest(os.path.realpath(path), f"{st.st_ino} {st.st_size} {st.st_mtime_ns}"))
+    with contextlib.suppress(OSError):
+        return known.read_text()
+    out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10).stdout
+    version = out.splitlines()[0] if out else "unknown"
+    if out:
+        with contextlib.suppress(OSError):
+            tmp = known.with_name(f"{known.name}.tmp{os.getpid()}")
+            tmp.write_text(version)
+            os.replace(tmp, known)
+    return version
 
 
 def kvm_device_usable() -> bool:
