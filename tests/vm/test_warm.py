@@ -123,5 +123,8 @@ def test_snapshot_is_made_once_per_inputs_and_remade_when_damaged(kernel, accel,
 
 def test_cold_machines_do_not_use_snapshots(kernel, accel, no_leaks):
     with Machine(kernel, accel=accel, warm=False) as m:
-        assert m._incoming is None and "snapshot" not in m.timings
-        assert "vmprobe.warm=" not in m.run("cat /proc/cmdline").stdout
+        assert m._incoming is None and "snapshot" not in m.timings and "-incoming" not in m.command_line
+        # a boot of the base image: the run's keys came over the control port, made while it booted
+        assert m.command_line[m.command_line.index("-initrd") + 1].endswith(".cpio")
+        assert f"vmprobe.warm={m.profile.control_port}" in m.run("cat /proc/cmdline").stdout
+        assert m.run("cat /root/.ssh/authorized_keys").stdout.strip() == m.ssh.keys.authorized_key

@@ -18,11 +18,11 @@ import contextlib
 import logging
 import os
 import secrets
-import select
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import weakref
 from pathlib import Path
@@ -41,7 +41,7 @@ from vmprobe.host.cache import sha256_file
 from vmprobe.host.interrupts import checkpoint, deferred_signals
 from vmprobe.host.processes import die_with_parent, reap_group, runtime_dir
 from vmprobe.kernels import Kernel
-from vmprobe.vm import panics
+from vmprobe.vm import panics, qmp_link
 from vmprobe.vm import transport as transports
 from vmprobe.vm.accel import choose_accel, qemu_version
 from vmprobe.vm.console import Console, raise_qemu_gone
@@ -88,7 +88,8 @@ class Machine:
         self.userland = userland                 # the guest's userland: auto (by era), modern or old
         self.guest_image = guest_image           # an exported guest (rootfs export), booted as it is
         self._keys_over_control = False          # a guest without secrets: they come on the control port
-        self._keys: RunKeys | None = None         # this run's SSH keys (run_keys: made on first use)
+        self._keys: RunKeys | None = None         # this run's SSH keys (run_keys)
+        self._keys_ahead: threading.Thread | None = None
         self.accel: str | None = None
         self.ssh_port: int | None = None
         self.command_line: list[str] = []
@@ -131,6 +132,9 @@ class Machine:
         self.workdir = Path(tempfile.mkdtemp(prefix="vmprobe-", dir=runtime_dir()))
         os.chmod(self.workdir, 0o700)
         _live.add(self)
+        if not self._snapshot_source:   # the run's keys, made while QEMU starts
+            self._keys_ahead = threading.Thread(target=self._make_keys, name="vmprobe-keys", daemon=True)
+            self._keys_ahead.start()
         if problem := image_problem(self.profile, self.kernel.image_path):
             raise QemuError(problem)
         self.accel = choose_accel(self.requested_accel, self.profile, self.kernel.image_path, self.log)
@@ -168,10 +172,20 @@ class Machine:
         self.timings["ssh"] = time.monotonic() - t2
 
     def run_keys(self) -> RunKeys:
-        """This run's SSH keys, made on first use: on a warm start while QEMU loads its state."""
-        if self._keys is None:
-            from vmprobe.vm.ssh import RunKeys
+        """This run's SSH keys: made by a thread from the launch's start (paramiko's import and two
+        dropbearkey runs, ≈0.15 s, while QEMU starts up and loads its state), else here."""
+        if self._keys_ahead:
+            self._keys_ahead.join()
+            self._keys_ahead = None
+        return self._keys or self._make_keys(ahead=False)
+
+    def _make_keys(self, ahead: bool = True) -> RunKeys | None:
+        from vmprobe.vm.ssh import RunKeys
+        try:
             self._keys = RunKeys.generate(self.workdir)
+        except Exception:
+            if not ahead:   # else made again on use, where the error is raised
+                raise
         return self._keys
 
     def _boot_keys_over_control(self) -> None:
@@ -196,7 +210,7 @@ class Machine:
             try:
                 self._start_qemu(initrd)
                 break
-            except _PortTaken:
+            except qmp_link.PortTaken:
                 continue
         else:
             raise QemuError("could not bind a loopback port for the SSH forward after 5 tries")
@@ -260,13 +274,8 @@ class Machine:
             release=self.kernel.release))
 
     def _start_qemu(self, initrd: Path) -> None:
-        qmp_path = self.workdir / "qmp.sock"
-        with contextlib.suppress(FileNotFoundError):
-            qmp_path.unlink()
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(str(qmp_path))
-        listener.listen(1)
-        self.command_line = self._qemu_command(initrd, qmp_path)
+        listener = qmp_link.listen(self.workdir / "qmp.sock")
+        self.command_line = self._qemu_command(initrd, self.workdir / "qmp.sock")
         self._qemu_stderr = self.workdir / "qemu.stderr"
         self.console_log.unlink(missing_ok=True)
         with self._qemu_stderr.open("wb") as err:
@@ -280,37 +289,7 @@ class Machine:
                                 f"({qemu_version(self.command_line[0])})", command=self.command_line) from None
         self.console = Console(self.console_log, self._exit_reason,
                                diagnose=lambda text: diagnose_boot(text, self.profile, self.kernel.release))
-        try:
-            deadline = time.monotonic() + 20
-            while True:
-                ready, _, _ = select.select([listener], [], [], 0.1)
-                if ready:
-                    conn, _ = listener.accept()
-                    break
-                if self.proc.poll() is not None:
-                    stderr = self.qemu_stderr()
-                    if "hostfwd" in stderr or "host forwarding" in stderr:
-                        raise _PortTaken()
-                    raise QemuError(f"QEMU exited with status {self.proc.returncode} at start-up: "
-                                    f"{stderr.strip()[-500:]}", detail=" ".join(self.command_line),
-                                    exit_status=self.proc.returncode, command=self.command_line, output=stderr)
-                if time.monotonic() > deadline:
-                    raise QemuError("QEMU did not connect to its QMP socket within 20s",
-                                    detail=self.qemu_stderr(), command=self.command_line,
-                                    output=self.qemu_stderr())
-        finally:
-            listener.close()
-        self.qmp = QEMUMonitorProtocol(conn)
-        try:
-            self.qmp.connect(negotiate=True)
-        except Exception as exc:  # QEMU quit during start-up (bad device, bad option…)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(5)
-            raise QemuError(f"QEMU exited with status {self.proc.poll()} at start-up: "
-                            f"{self.qemu_stderr().strip()[-500:] or exc}",
-                            detail=" ".join(self.command_line), exit_status=self.proc.poll(),
-                            command=self.command_line, output=self.qemu_stderr()) from None
-        self.qmp.settimeout(10)
+        self.qmp = qmp_link.connect(listener, self.proc, self.qemu_stderr, self.command_line)
         checkpoint("boot")
 
     def qemu_stderr(self) -> str:
@@ -349,6 +328,8 @@ class Machine:
         if self.proc and self.proc.poll() is None:
             checkpoint("shutdown")
         self._shell = self._shell and self._shell.close()
+        if self._keys_ahead:   # its dropbearkey writes in the machine's dir, removed below
+            self._keys_ahead.join(35)
         self.gdbs.close()
         if self.ssh:
             with contextlib.suppress(Exception):
@@ -410,10 +391,6 @@ class Machine:
         breakpoint by then), ``wait(timeout)`` returns its CommandResult, else ``abandon()``."""
         self._shell = GuestShell.of(self.ssh, self._shell)
         return (self._shell and self._shell.prepare(command)) or WaitingExec(self.ssh, command)
-
-
-class _PortTaken(Exception):
-    pass
 
 
 @atexit.register
