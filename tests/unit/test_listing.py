@@ -98,3 +98,21 @@ def test_report_shows_the_evidence():
     assert r.to_dict()["evidence"] == ["bytes", "hits"]
     assert "  evidence  bytes, hits  (no kprobes/list: debugfs is not mounted)" in r.summary().splitlines()
     assert "evidence" not in ProbeReport(probe={"symbol": "x"}).summary()
+
+
+@pytest.mark.parametrize("shell", ["/bin/busybox", "/bin/sh"])
+def test_print_file_prints_the_file_with_builtins(shell, tmp_path):
+    """The guest's read of kprobes/list without cat: same text (a last line without newline
+    included), nothing for a missing file, and the shell goes on either way."""
+    import shutil
+    import subprocess
+
+    from vmprobe.check.listing import print_file
+    if not shutil.which(shell):
+        pytest.skip(f"{shell} not installed")
+    listed = tmp_path / "list"
+    listed.write_text("ffffffff8108a350  k  kernel_clone+0x0    [FTRACE]\n  lead\tand tab\nno newline at the end")
+    argv = [shell, "sh", "-c"] if shell.endswith("busybox") else [shell, "-c"]
+    out = subprocess.run([*argv, f"{print_file(str(listed))}; echo @; {print_file(str(tmp_path / 'none'))}; echo end"],
+                         capture_output=True, text=True, timeout=10)
+    assert out.stdout == listed.read_text() + "\n@\nend\n" and out.stderr == ""

@@ -43,6 +43,13 @@ def sysrq_kprobes_key(help_text: str) -> str | None:
     return capitals[0].lower() if len(capitals) == 1 else None
 
 
+def print_file(path: str) -> str:
+    """A guest shell command that prints ``path`` with builtins alone (an exec of ``cat`` costs
+    ≈10 ms under TCG, and a check reads the list three times); prints nothing if it is missing."""
+    return (f'if [ -r {path} ]; then while IFS= read -r _vp_line || [ -n "$_vp_line" ]; '
+            f'do printf "%s\\n" "$_vp_line"; done < {path}; fi')
+
+
 @dataclass
 class Listing:
     """The kernel's kprobe listing as this guest has it: ``source`` is DEBUGFS, SYSRQ or None,
@@ -80,7 +87,7 @@ class Listing:
 
     def records(self) -> list[ProbeRecord]:
         if self.source == DEBUGFS:
-            return parse_debugfs_list(self.m.run(f"cat {KPROBES_LIST}", 15).stdout)
+            return parse_debugfs_list(self.m.run(print_file(KPROBES_LIST), 15).stdout)
         if self.source == SYSRQ:
             mark = self.m.console.mark()
             self.m.run(f"echo {self.key} > /proc/sysrq-trigger", 15)

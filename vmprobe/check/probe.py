@@ -23,7 +23,7 @@ from vmprobe.arch import SITE_WINDOW, Mechanism, agrees_with_flags
 from vmprobe.arch.eras import passes_address
 from vmprobe.check.any_module import run_any_module
 from vmprobe.check.lifecycle import CheckLifecycle
-from vmprobe.check.listing import DEBUGFS, KPROBES_LIST, Listing
+from vmprobe.check.listing import DEBUGFS, KPROBES_LIST, Listing, print_file
 from vmprobe.check.loading import Load, load_once
 from vmprobe.check.refusals import blacklisted, explain_template
 from vmprobe.check.report import ProbeReport
@@ -337,7 +337,7 @@ class ProbeCheck(CheckLifecycle):
         # with a debugfs list, it is read in the same command (one guest round trip less)
         listed, sep = self.listing.source == DEBUGFS, f"vmprobe-list-{st.nonce}"
         res = self.m.run(f"rmmod {self.module.name}"
-                         + (f"; s=$?; echo {sep}; cat {KPROBES_LIST}; exit $s" if listed else ""), 60)
+                         + (f"; s=$?; echo {sep}; {print_file(KPROBES_LIST)}; exit $s" if listed else ""), 60)
         said, _, list_text = res.stdout.partition(f"{sep}\n")
         r.check("rmmod", res.status == 0, (said + res.stderr).strip())
         if res.status == 0:
