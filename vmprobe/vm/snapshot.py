@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from vmprobe.arch.eras import boot_settings
 from vmprobe.config import cache_dir
 from vmprobe.errors import QemuError
 from vmprobe.guest import rootfs
@@ -70,7 +71,7 @@ class WarmImage:
 
 def snapshot_inputs(m: "Machine", base: rootfs.BaseImage) -> dict:
     """What the saved state depends on (the key is their hash; meta.json keeps them)."""
-    p = m.profile
+    p, era = m.profile, boot_settings(m.profile, m.kernel.release)   # old kernels: another machine and CPU
     return {
         "format": FORMAT,
         "qemu": qemu_version(p.qemu),
@@ -78,8 +79,8 @@ def snapshot_inputs(m: "Machine", base: rootfs.BaseImage) -> dict:
         "release": m.kernel.release,
         "image_sha256": m.kernel.image_sha256,
         "rootfs": base.key,
-        "arch": p.name, "machine": p.machine, "accel": m.accel,
-        "cpu": p.cpu_kvm if m.accel == "kvm" else p.cpu_tcg,
+        "arch": p.name, "machine": era.machine, "accel": m.accel,
+        "cpu": p.cpu_kvm if m.accel == "kvm" else era.cpu_tcg,
         "memory": m.memory, "smp": m.smp,
         "append": list(m.extra_append), "qemu_args": list(m.qemu_args),
     }
