@@ -71,17 +71,23 @@ FIGURES = (
 
 
 def format_table(samples: dict[str, list[float]], figures=FIGURES) -> str:
-    """The markdown table: median, ratio to the floor's median, target, met or not. Figures
-    without samples (skipped) are left out; the floor must be there."""
-    floor = statistics.median(samples["floor"])
-    lines = ["| what | measured (median) | ratio to floor | target | |", "|---|---|---|---|---|"]
+    """The markdown table: median, ratio to the floor's median, target, met or not (on that
+    ratio), and the median of the round-by-round ratios (each sample over the floor sample of
+    its round: steadier on a host whose speed drifts; "—" for a figure not sampled every round).
+    Figures without samples (skipped) are left out; the floor must be there."""
+    floors = samples["floor"]
+    floor = statistics.median(floors)
+    lines = ["| what | measured (median) | ratio to floor | target | | paired ratio |",
+             "|---|---|---|---|---|---|"]
     for f in figures:
         if not samples.get(f.key):
             continue
         value = statistics.median(samples[f.key])
         met = f.met(value, floor)
         verdict = "" if met is None else ("met" if met else "**not met**")
-        lines.append(f"| {f.what} | {value:.2f} s | {value / floor:.2f}× | {f.target()} | {verdict} |")
+        paired = (f"{statistics.median(x / y for x, y in zip(samples[f.key], floors)):.2f}×"
+                  if len(samples[f.key]) == len(floors) else "—")
+        lines.append(f"| {f.what} | {value:.2f} s | {value / floor:.2f}× | {f.target()} | {verdict} | {paired} |")
     return "\n".join(lines)
 
 
