@@ -72,3 +72,31 @@ def test_a_guest_without_the_loader_gets_a_copy_and_one_load(tmp_path, monkeypat
     load = loading.load_once(guest, tmp_path / "m.ko")
     assert guest.uploads == ["/tmp/m.ko", "/tmp/vmprobe-insmod"]
     assert guest.commands[1] == "/tmp/vmprobe-insmod /tmp/m.ko ''" and load.errno == errno.EEXIST
+
+
+def test_a_then_command_rides_on_a_successful_load_only(tmp_path):
+    """``then`` runs in the load's own round trip, after a load that worked: its output comes
+    apart from the loader's; after a refused load it does not run (``then`` is None)."""
+    import subprocess
+
+    from vmprobe.check import loading
+    from vmprobe.vm.results import CommandResult
+
+    class _Shell(_Guest):
+        """The load line through a real shell, the image's loader a function answering ``errno``."""
+        def __init__(self, errno_):
+            super().__init__(has_loader=True)
+            self.errno_ = errno_
+
+        def run(self, command, timeout=60):
+            self.commands.append(command)
+            fake = (f"loader() {{ echo vmprobe-insmod: finit_module={self.errno_}; return {self.errno_}; }}; "
+                    + command.replace("[ -x /bin/vmprobe-insmod ]", "true").replace("/bin/vmprobe-insmod", "loader"))
+            res = subprocess.run(["sh", "-c", fake], capture_output=True, text=True, timeout=10)
+            return CommandResult(res.returncode, res.stdout, res.stderr)
+
+    ok = loading.load_once(_Shell(0), tmp_path / "m.ko", "p=1", then="echo listed; echo line 2")
+    assert ok.ok and ok.then == "listed\nline 2\n" and ok.output == "vmprobe-insmod: finit_module=0"
+    refused = loading.load_once(_Shell(errno.EINVAL), tmp_path / "m.ko", then="echo listed")
+    assert refused.errno == errno.EINVAL and refused.then is None
+    assert loading.load_once(_Shell(0), tmp_path / "m.ko").then is None   # none asked

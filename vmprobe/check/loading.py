@@ -21,6 +21,7 @@ from vmprobe.guest.loader import loader_for
 LOADER = "/tmp/vmprobe-insmod"          # where it is copied when the image has none
 IN_IMAGE = "/bin/vmprobe-insmod"
 NO_LOADER = "vmprobe-insmod-absent"
+THEN = "vmprobe-insmod-then"            # separates the load's output from its ``then`` command's
 GUEST_DIR = "/tmp"
 _STATUS = re.compile(r"vmprobe-insmod: (finit_module|open)=(\d+)")
 
@@ -33,6 +34,7 @@ class Load:
     call: str            # the system call that answered: finit_module
     errno: int
     output: str
+    then: str | None = None   # what ``then`` printed after the load (None: it did not run)
 
     @property
     def ok(self) -> bool:
@@ -54,19 +56,23 @@ def parse_status(output: str) -> tuple[str, int]:
     return m[1], int(m[2])
 
 
-def load_once(machine, ko: Path, params: str = "", timeout: float = 60) -> Load:
-    """Copy ``ko`` in and load it with exactly one ``finit_module`` (``params`` as insmod takes them)."""
+def load_once(machine, ko: Path, params: str = "", timeout: float = 60, then: str = "") -> Load:
+    """Copy ``ko`` in and load it with exactly one ``finit_module`` (``params`` as insmod takes them).
+    ``then``: a guest command run right after a successful load in the same round trip (its
+    output in ``Load.then``), as the probe check reads the kprobes list."""
     remote = f"{GUEST_DIR}/{ko.name}"
     machine.upload(ko, remote)
     quoted = params.strip().replace("'", "'\\''")
+    after = f" && {{ echo {THEN}; {then}; }}" if then else ""
     # the image's own, when it has one (test is a builtin: no process, and no load when absent)
-    res = machine.run(f"if [ -x {IN_IMAGE} ]; then {IN_IMAGE} {remote} '{quoted}'; else echo {NO_LOADER}; fi",
-                      timeout)
+    res = machine.run(f"if [ -x {IN_IMAGE} ]; then {IN_IMAGE} {remote} '{quoted}'{after}; "
+                      f"else echo {NO_LOADER}; fi", timeout)
     if res.stdout.strip() == NO_LOADER:
         machine.upload(loader_for(machine.profile), LOADER, mode=0o755)
-        res = machine.run(f"{LOADER} {remote} '{quoted}'", timeout)
-    call, code = parse_status(res.output)
-    load = Load(ko.name, remote, call, code, res.output.strip())
+        res = machine.run(f"{LOADER} {remote} '{quoted}'{after}", timeout)
+    said, marked, later = res.stdout.partition(f"{THEN}\n")
+    call, code = parse_status(said + res.stderr)
+    load = Load(ko.name, remote, call, code, (said + res.stderr).strip(), later if marked else None)
     if call == "open":   # the copy is not there: vmprobe's own failure, not the kernel's answer
         raise ModuleLoadError(f"vmprobe-insmod could not open {remote} in the guest: {load.said()}")
     return load

@@ -81,6 +81,7 @@ class ProbeCheck(CheckLifecycle):
         self._loaded = False
         self._triggered = None    # the trigger's result when it ran for the registers
         self.listing: Listing | None = None
+        self._listed_at_load: str | None = None   # the debugfs list read with the load
         # the offset in bytes ("after-entry" is decided from the function's first bytes)
         self.offset = options.offset if isinstance(options.offset, int) else 0
 
@@ -89,9 +90,12 @@ class ProbeCheck(CheckLifecycle):
         return resolve_symbols(self.m, names)
 
     def _list(self) -> list[ProbeRecord]:
-        return parse_debugfs_list(self.m.run(f"cat {KPROBES_LIST}", 15).stdout)
+        return parse_debugfs_list(self.m.run(print_file(KPROBES_LIST), 15).stdout)
 
-    def _record(self) -> ProbeRecord | None:
+    def _record(self, text: str | None = None) -> ProbeRecord | None:
+        """Our probe's line in the listing (``text``: a debugfs list read already)."""
+        if text is not None:
+            return next((r for r in parse_debugfs_list(text) if r.address == self.run_state.address), None)
         return self.listing.record(self.run_state.address) if self.listing else None
 
     def _read_site(self) -> bytes:
@@ -200,7 +204,10 @@ class ProbeCheck(CheckLifecycle):
             self.report.probe["addr_param"] = f"{st.base:#x}"
         params = f"{params} {opt.module_params}".strip()
         mark = self.m.console.mark()
-        load = load_once(self.m, self.module.path, params)
+        # a debugfs list is read in the same round trip: the settle's first look at it
+        listed = self.listing is not None and self.listing.source == DEBUGFS
+        load = load_once(self.m, self.module.path, params, then=print_file(KPROBES_LIST) if listed else "")
+        self._listed_at_load = load.then
         if not load.ok:
             raise ModuleLoadError(self._explain_refusal(symbol, load, mark), detail=self.m.console.tail(15))
         self._loaded = True
@@ -228,8 +235,9 @@ class ProbeCheck(CheckLifecycle):
             return self._record()
         deadline = time.monotonic() + opt.settle_timeout
         last, stable_since = None, time.monotonic()
+        first, self._listed_at_load = self._listed_at_load, None   # read with the load, if it was
         while True:
-            record = self._record()
+            record, first = self._record(first), None
             flags = tuple(record.flags) if record else None
             now = time.monotonic()
             if flags != last:
