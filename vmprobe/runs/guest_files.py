@@ -106,7 +106,7 @@ def dry_run(machine, out=None) -> int:
         if not m._incoming.exists():
             notes.append(f"warm: the snapshot {directory} is made on the first run (a boot to the "
                          f"snapshot point with this command line minus -incoming)")
-    elif m.profile.control_port:   # a cold boot of the base image: the keys come on the control port
+    elif m.keys_over_control():   # a cold boot of the base image: the keys come on the control port
         from vmprobe.guest import rootfs
         m._keys_over_control = True
         initrd = m.guest_image or rootfs.build_base(m.kernel, m.userland).path

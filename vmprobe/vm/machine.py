@@ -154,7 +154,7 @@ class Machine:
                 self._stop_qemu(timeout=1)
                 discard_snapshot(self._image.directory)
                 self._restore()
-        elif self.guest_image or rootfs.embeds_guest(self.kernel) or self.profile.control_port:
+        elif self.keys_over_control():
             self._boot_keys_over_control()
         else:   # no control port: the keys go in a second initramfs layer, made before the boot
             base = rootfs.build_base(self.kernel, self.userland, log=self.log)
@@ -187,6 +187,11 @@ class Machine:
             if not ahead:   # else made again on use, where the error is raised
                 raise
         return self._keys
+
+    def keys_over_control(self) -> bool:
+        """Whether a cold boot gets the run's keys over the control port (every arch that has one;
+        a guest image without an initrd layer must) rather than in an initramfs layer."""
+        return bool(self.guest_image or rootfs.embeds_guest(self.kernel) or self.profile.control_port)
 
     def _boot_keys_over_control(self) -> None:
         """Boot a guest image that holds no secret (the base image, an exported one, or one built
